@@ -66,7 +66,8 @@ def seqlab_home() -> Path:
 
 def data_dir() -> Path:
     "The folder of shipped stimuli: `$SEQLAB_DATA`, else the repository's `data/`."
-    p = Path(os.environ.get("SEQLAB_DATA") or Path(__file__).resolve().parent.parent / "data")
+    import seqlab  # the repository's data/ sits next to the package folder
+    p = Path(os.environ.get("SEQLAB_DATA") or Path(seqlab.__file__).resolve().parent.parent / "data")
     if not p.is_dir(): raise SeqlabError(f"The stimuli folder {p} does not exist; set SEQLAB_DATA to the repository's data/ folder.")
     return p
 

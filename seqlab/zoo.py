@@ -8,6 +8,7 @@ Docs: https://seqlab.github.io/seqlab/zoo.html.md"""
 from __future__ import annotations
 import copy, dataclasses, hashlib, importlib.util, json, os, re, time, warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -325,16 +326,10 @@ class LabModel:
             finally:
                 for h in handles: h.remove()
             return logits, store
-        def hook_fn(t, hook): store[hook.name] = keep(hook.name, t)
-        with self.hooked.hooks(fwd_hooks=[(n, hook_fn) for n in names]):
+        # keyed by the name asked for: the bridge reports aliases (hook_resid_post) under canonical names (hook_out)
+        def hook_fn(t, hook, name): store[name] = keep(name, t)
+        with self.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
             logits = self.hooked(toks, attention_mask=mask)
-        # the bridge reports aliases under canonical names; give each back under the name asked for
-        if set(store) != set(names):
-            aliases = getattr(self.hooked, "hook_aliases", {}) or {}
-            for n in names:
-                if n not in store:
-                    target = aliases.get(n); target = target[0] if isinstance(target, list) else target
-                    if target in store: store[n] = store[target]
         return logits, store
 
     # -- weights for circuit analysis ----------------------------------------------------------
