@@ -17,11 +17,11 @@ import torch
 # %% auto #0
 __all__ = ['SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError', 'suggest',
            'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'atomic_path', 'atomic_dir', 'seqlab_version',
-           'to_jsonable', 'Result']
+           'to_jsonable', 'Result', 'Probe']
 
 # %% ../nbs/00_core.ipynb #c005
 __all__ = ["SeqlabError", "ModelNotFound", "CacheError", "HookNotFound", "BadInput", "OverBudget",
-           "CheckpointError", "get_device", "seed_everything", "seqlab_home", "data_dir", "atomic_path",
+           "CheckpointError", "Probe", "get_device", "seed_everything", "seqlab_home", "data_dir", "atomic_path",
            "atomic_dir", "suggest", "to_jsonable", "Result", "seqlab_version"]
 
 # %% ../nbs/00_core.ipynb #c007
@@ -150,3 +150,20 @@ class Result:
     def figure(self):
         "A plotly figure of the result; each probe draws its own."
         raise NotImplementedError(f"probe {self.probe!r} has no figure")
+
+# %% ../nbs/00_core.ipynb #c027
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    "A runnable probe: its name, its question, its Config class and its run function."
+    name: str
+    question: str
+    config: type
+    run: Any            # run(model, config) -> Result
+    needs: str = "attention"  # which models it takes: 'attention', 'any', or 'own' (trains/loads its own models)
+    page: str = ""      # the notebook (docs page) that explains it
+
+    def make_config(self, quick: bool = False, seed: int | None = None, **overrides):
+        "The probe's config: `quick()` or the default, with the seed and any overrides applied."
+        cfg = self.config.quick() if quick else self.config()
+        if seed is not None: overrides["seed"] = seed
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
