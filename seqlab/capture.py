@@ -69,11 +69,13 @@ class Capture:
 
 # %% ../nbs/02_capture.ipynb #c009
 def _keep_fn(reduce, device):
+    import inspect
+    wants_tokens = reduce is not None and len(inspect.signature(reduce).parameters) >= 4
     def keep(name, t):
         t = t.detach()
-        if reduce is not None: t = reduce(name, t, keep.mask)
+        if reduce is not None: t = reduce(name, t, keep.mask, keep.tokens) if wants_tokens else reduce(name, t, keep.mask)
         return t.to(device)
-    keep.mask = None
+    keep.mask = keep.tokens = None
     return keep
 
 def _batches(inputs, batch_size):
@@ -86,23 +88,23 @@ def _batches(inputs, batch_size):
 
 def _forward(model: LabModel, batch, names, keep):
     toks, mask = model._inputs(batch)
-    keep.mask = mask
+    keep.mask, keep.tokens = mask, toks
     hook_names = [n for n in names if n != "logits"]
     logits, store = model._run_capturing(toks, mask, hook_names, keep)
     if "logits" in names: store["logits"] = keep("logits", logits)
     return store, mask
 
-def estimate_bytes(model: LabModel, names: list[str], batch_size: int, seq_len: int, reduce=None) -> dict[str, int]:
-    "Bytes each named result will take for one batch of `batch_size` x `seq_len`, measured on two tiny inputs."
+def estimate_bytes(model: LabModel, names: list[str], batch_size: int, seq_len: int) -> dict[str, int]:
+    "Bytes each named (unreduced) activation takes for one batch of `batch_size` x `seq_len`, measured on two tiny inputs."
     low = max(getattr(model.tokenizer, "all_special_ids", []) or [-1]) + 1
     sizes = {}
     for L in (4, 8):
         toks = torch.arange(low, low + L)[None] % model.arch.d_vocab
-        store, _ = _forward(model, toks, names, _keep_fn(reduce, "cpu"))
+        store, _ = _forward(model, toks, names, _keep_fn(None, "cpu"))
         for n in names: sizes.setdefault(n, []).append(store[n].numel() * store[n].element_size())
     out = {}
     for n, (s4, s8) in sizes.items():
-        p = round(math.log2(max(s8, 1) / max(s4, 1)))  # 0: reduced away, 1: per position, 2: position pairs
+        p = round(math.log2(max(s8, 1) / max(s4, 1)))  # 1: per position, 2: position pairs
         out[n] = int(s4 * (seq_len / 4) ** p * batch_size)
     return out
 
@@ -122,19 +124,22 @@ def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callabl
     for b in batches:
         _, mask = model.tokenize(b); lengths += mask.sum(1).tolist()
     budget = (budget_mb if budget_mb is not None else DEFAULT_BUDGET_MB) * 2**20
-    per = estimate_bytes(model, names, batch_size, max(lengths), reduce)
-    need = sum(per.values()) * (1 if spill_dir else len(batches))
-    if need > budget:
-        top = ", ".join(f"{n}: {v / 2**20:.0f} MB" for n, v in sorted(per.items(), key=lambda kv: -kv[1])[:3])
-        raise OverBudget(f"This capture needs about {need / 2**20:,.0f} MB but its budget is {budget / 2**20:,.0f} MB "
-                         f"(per batch: {top}). Keep fewer hooks, pass a `reduce` function, spill to disk with "
-                         f"spill_dir=..., or raise budget_mb.")
+    n_keep = 1 if spill_dir else len(batches)  # spilled batches leave memory as they are written
+    def check(per: dict, what: str):
+        need = sum(per.values()) * n_keep
+        if need > budget:
+            top = ", ".join(f"{n}: {v / 2**20:,.1f} MB" for n, v in sorted(per.items(), key=lambda kv: -kv[1])[:3])
+            raise OverBudget(f"This capture needs about {need / 2**20:,.0f} MB but its budget is {budget / 2**20:,.0f} MB "
+                             f"({what}: {top}). Keep fewer hooks, pass a `reduce` function, spill to disk with "
+                             f"spill_dir=..., or raise budget_mb.")
+    if reduce is None: check(estimate_bytes(model, names, batch_size, max(lengths)), "per batch")
     keep = _keep_fn(reduce, device)
     parts = {n: [] for n in names}
     shard_dir = Path(spill_dir) if spill_dir else None
     if shard_dir: shard_dir.mkdir(parents=True, exist_ok=True)
     for i, b in enumerate(tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)):
         store, _ = _forward(model, b, names, keep)
+        if i == 0 and reduce is not None: check({n: store[n].numel() * store[n].element_size() for n in names}, "first batch, reduced")
         if shard_dir is None:
             for n in names: parts[n].append(store[n])
         else:
