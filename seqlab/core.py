@@ -72,6 +72,9 @@ def data_dir() -> Path:
     return p
 
 # %% ../nbs/00_core.ipynb #c019
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
+
 @contextmanager
 def atomic_path(path: str | Path):
     "Yield a temporary path next to `path`; on success rename it onto `path`, on failure delete it."
@@ -80,6 +83,7 @@ def atomic_path(path: str | Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists(): tmp.chmod(0o666 & ~_umask())  # mkstemp makes files private; results are for sharing
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -91,6 +95,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())
         if path.exists(): shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
