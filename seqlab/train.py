@@ -247,7 +247,7 @@ def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval
         if not torch.isfinite(loss):
             bar.close()
             where = f"the last good checkpoint (step {last_good}) is kept at {out}" if last_good is not None else "no checkpoint was written"
-            raise TrainingDiverged(f"The loss became {float(loss)} at step {step}; {where}. Lower the learning rate, "
+            raise TrainingDiverged(f"The loss became {loss.item()} at step {step}; {where}. Lower the learning rate, "
                                    f"tighten grad_clip, or check the data for out-of-range tokens.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
