@@ -1,0 +1,149 @@
+"Verbatim memory probe: shipped stimuli, surprisal bookkeeping, the statistic, and integration on the embedded model."
+import dataclasses, math
+
+import numpy as np
+import pytest
+import torch
+
+from seqlab.core import BadInput
+from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, PROBES, Stimulus, VerbatimConfig,
+                             build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
+                             make_stimulus, median_ci, repeat_surprisal, run, score_stimuli, second_list,
+                             shifted_list, token_offsets, token_surprisal, word_pieces, word_surprisal)
+
+
+# -- stimuli files ---------------------------------------------------------------------------------
+def test_pools_are_clean():
+    pools = load_pools()
+    arb = pools["arbitrary"]
+    assert len(arb) == N_BASE * N_SHIFTS and len(set(arb)) == len(arb)
+    sem = [w for ws in pools["semantic"].values() for w in ws]
+    assert len(pools["semantic"]) == N_BASE and len(sem) == len(set(sem)) == N_BASE * N_SHIFTS
+    for w in arb + sem: assert w.isalpha() and w == w.lower(), w
+
+
+def test_shipped_lists_are_what_the_code_builds():
+    lists = load_lists()
+    assert lists == build_base_lists(load_pools())
+    for lt in LIST_TYPES:
+        flat = [w for lst in lists[lt] for w in lst]
+        assert len(lists[lt]) == N_BASE and all(len(l) == N_SHIFTS for l in lists[lt])
+        assert len(flat) == len(set(flat))   # base lists are disjoint, so controls never overlap
+
+
+@pytest.mark.parametrize("lt", LIST_TYPES)
+@pytest.mark.parametrize("n", [3, 5, 7, 10])
+def test_every_list_and_condition(lt, n):
+    lists = load_lists()[lt]
+    positions = {}
+    for item in range(N_BASE * N_SHIFTS):
+        f, r = second_list(lists, item, n, "repeat")
+        _, p = second_list(lists, item, n, "permute")
+        _, c = second_list(lists, item, n, "control")
+        assert len(f) == n and len(set(f)) == n and r == f
+        assert sorted(p) == sorted(f) and all(a != b for a, b in zip(p, f))   # permute never keeps a noun in place
+        assert len(c) == n and not set(c) & set(f)
+        for i, w in enumerate(f): positions.setdefault(w, set()).add(i)
+    if n == N_SHIFTS:  # circular shifts: every noun takes every position
+        assert all(v == set(range(n)) for v in positions.values())
+
+
+def test_vignette_and_spans():
+    vig = load_vignette()
+    assert set(vig["intervening"]) == {"1", "2", "3", "4", "5"}
+    lens = [len(vig["intervening"][k]) for k in "12345"]
+    assert lens == sorted(lens) and len(set(lens)) == 5
+    for sc in ["intact", "scrambled", "name_changed"]:
+        st = make_stimulus(["cat", "dog", "hen"], ["hen", "cat", "dog"], vig, intervening=2, scenario=sc, seed=3)
+        assert [st.text[a:b] for a, b in st.first] == ["cat", "dog", "hen"]
+        assert [st.text[a:b] for a, b in st.second] == ["hen", "cat", "dog"]
+    intact = make_stimulus(["cat"], ["cat"], vig, intervening=3)
+    scr = make_stimulus(["cat"], ["cat"], vig, intervening=3, scenario="scrambled", seed=1)
+    words = lambda t: sorted(t.replace(".", " ").replace(",", " ").split())
+    assert intact.text != scr.text and words(intact.text) == words(scr.text)
+
+
+def test_bad_input():
+    vig, lists = load_vignette(), load_lists()
+    with pytest.raises(BadInput, match="fewer than 2"): derange(["cat"], 0)
+    with pytest.raises(BadInput, match="Unknown condition"): second_list(lists["arbitrary"], 0, 3, "shuffle")
+    with pytest.raises(BadInput, match="item must be"): second_list(lists["arbitrary"], 230, 3, "repeat")
+    with pytest.raises(BadInput, match="list length"): shifted_list(["a", "b"], 0, 3)
+    with pytest.raises(BadInput, match="Unknown scenario"): make_stimulus(["a"], ["a"], vig, scenario="noise")
+    with pytest.raises(BadInput, match="length key 9"): make_stimulus(["a"], ["a"], vig, intervening=9)
+    with pytest.raises(BadInput, match="n_per_cell"): grid_stimuli(dataclasses.replace(VerbatimConfig.quick(), n_per_cell=0))
+    with pytest.raises(BadInput, match="Unknown list type"): grid_stimuli(dataclasses.replace(VerbatimConfig.quick(), list_types=("odd",)))
+    with pytest.raises(BadInput, match="equal length"): repeat_surprisal(np.ones(3), np.ones(2))
+    with pytest.raises(BadInput, match="no values"): median_ci([])
+    with pytest.raises(BadInput, match="runs past"): word_pieces([(0, 1), (1, 5)], [(2, 4)], "x ab, c")
+    with pytest.raises(BadInput, match="starts the text"): word_pieces([(0, 3), (3, 5)], [(0, 3)], "cat x")
+
+
+# -- bookkeeping and statistic on hand-made numbers -------------------------------------------------
+def test_surprisal_bookkeeping_by_hand():
+    # vocabulary of 3; the probabilities of each next token are chosen so every surprisal is known
+    probs = torch.tensor([[[.5, .25, .25], [.1, .1, .8], [.2, .2, .6], [.3, .3, .4], [.5, .4, .1]]])
+    ids = torch.tensor([[0, 1, 2, 0, 2]])
+    ts = token_surprisal(probs.log(), ids)[0]
+    assert math.isnan(ts[0])
+    torch.testing.assert_close(ts[1:], -torch.tensor([.25, .8, .2, .4]).log())
+    # text "p ab c d": word "ab" is two pieces (' a', 'b'), 'c' one, 'd' one
+    text = "p ab c d"; offs = [(0, 1), (1, 3), (3, 4), (4, 6), (6, 8)]
+    pieces = word_pieces(offs, [(2, 4), (5, 6), (7, 8)], text)
+    assert pieces == [[1, 2], [3], [4]]
+    ws = word_surprisal(ts, pieces)
+    torch.testing.assert_close(ws, -torch.tensor([.25 * .8, .2, .4]).log())
+    # the first noun is excluded: 100 * mean(second[1:]) / mean(first[1:])
+    first, second = np.array([10.0, 4.0, 6.0]), np.array([1.0, 1.0, 2.0])
+    assert repeat_surprisal(first, second) == pytest.approx(30.0)
+    assert repeat_surprisal(first, second, skip_first=False) == pytest.approx(100 * 4 / 20)
+
+
+def test_median_ci():
+    m = median_ci([3, 1, 2, 100, 4], n_boot=4000, seed=1)
+    assert m["median"] == 3 and m["ci_low"] <= 3 <= m["ci_high"] and m["n"] == 5
+    assert m == median_ci([3, 1, 2, 100, 4], n_boot=4000, seed=1)   # seeded
+    assert median_ci([2.0] * 4) == {"median": 2.0, "ci_low": 2.0, "ci_high": 2.0, "n": 4}
+
+
+# -- the embedded model -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model():
+    from seqlab.zoo import load
+    return load("smollm2-135m", progress=False)
+
+
+def test_spans_on_real_tokenizer(model):
+    st = make_stimulus(["hippopotamus", "zeppelin", "cat"], ["cat", "zeppelin", "hippopotamus"], load_vignette())
+    ids, offs = token_offsets(model, st.text)
+    assert ids == model.encode(st.text)
+    for spans, words in [(st.first, ["hippopotamus", "zeppelin", "cat"]), (st.second, ["cat", "zeppelin", "hippopotamus"])]:
+        pieces = word_pieces(offs, spans, st.text)
+        assert ["".join(model.tokenizer.decode([ids[i]]) for i in p).strip() for p in pieces] == words
+        assert len(pieces[0 if words[0] == "hippopotamus" else 2]) > 1   # a noun split into several tokens
+
+
+def test_batched_equals_one_at_a_time(model):
+    stims = grid_stimuli(dataclasses.replace(VerbatimConfig.quick(), n_per_cell=2))[::9]
+    assert len({len(model.encode(s.text)) for s in stims}) > 1     # ragged, so padding is exercised
+    batched, single = score_stimuli(model, stims, batch_size=4), score_stimuli(model, stims, batch_size=1)
+    for (f1, s1), (f2, s2) in zip(batched, single):
+        np.testing.assert_allclose(f1, f2, atol=2e-3); np.testing.assert_allclose(s1, s2, atol=2e-3)
+    # and against a direct forward pass of one stimulus with no capture in between
+    st = stims[0]; ids, offs = token_offsets(model, st.text)
+    ts = token_surprisal(model.forward([ids]), torch.tensor([ids]))[0]
+    np.testing.assert_allclose(word_surprisal(ts, word_pieces(offs, st.second, st.text)).numpy(), batched[0][1], atol=2e-3)
+
+
+def test_probe_runs_and_repeat_is_cheaper(model):
+    cfg = dataclasses.replace(VerbatimConfig.quick(), list_lengths=(3, 10), interveners=(1, 2), scenarios=("intact",),
+                              list_types=("arbitrary",), n_per_cell=3)
+    res = run(model, cfg, progress=False)
+    rs = res.metrics["repeat_surprisal"]["arbitrary"]
+    assert set(rs) == set(CONDITIONS) and set(rs["repeat"]) == {3, 10}
+    # the paper's ordering at N=10: an exact repeat is far cheaper than novel nouns
+    assert rs["repeat"][10]["median"] < rs["control"][10]["median"]
+    assert set(res.metrics["by_intervening"]) == set(res.metrics["intervening_tokens"].values())
+    assert len(res.metrics["per_position"]["arbitrary"]["repeat"]["second"]) == 10
+    assert res.figure() is not None and res.summary()
+    assert PROBES["verbatim"].run is run and PROBES["verbatim"].config is VerbatimConfig
