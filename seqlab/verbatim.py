@@ -255,7 +255,7 @@ class VerbatimConfig:
 
     @classmethod
     def quick(cls) -> "VerbatimConfig":
-        return cls(n_per_cell=3, sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000)
+        return cls(n_per_cell=2, interveners=(1, 3, 5), sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000)
 
 def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict | None = None) -> list[Stimulus]:
     "Every stimulus the design needs, each cell once."
@@ -339,10 +339,10 @@ def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: 
     cells: dict = {}
     for st, r, sc in zip(stimuli, rs, scores): cells.setdefault((st.list_type, st.condition, st.list_length, st.intervening, st.scenario), []).append((r, sc))
     ci = lambda v, salt=0: median_ci(v, cfg.n_boot, cfg.seed + salt)
-    rep = {lt: {c: {n: ci([r for r, _ in cells[(lt, c, n, cfg.default_intervening, "intact")]])
+    rep = {lt: {c: {str(n): ci([r for r, _ in cells[(lt, c, n, cfg.default_intervening, "intact")]])
                     for n in cfg.list_lengths} for c in cfg.conditions} for lt in cfg.list_types}
     N = cfg.sweep_list_length
-    by_iv = {lt: {iv_tokens[k]: {c: ci([r for r, _ in cells[(lt, c, N, k, "intact")]]) for c in cfg.conditions}
+    by_iv = {lt: {str(iv_tokens[k]): {c: ci([r for r, _ in cells[(lt, c, N, k, "intact")]]) for c in cfg.conditions}
                   for k in cfg.interveners} for lt in cfg.sweep_list_types}
     main = "arbitrary" if "arbitrary" in by_iv else next(iter(by_iv))
     per_pos = {}
@@ -358,6 +358,7 @@ def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: 
             "by_intervening": {t: {c: v["median"] for c, v in by_c.items()} for t, by_c in by_iv[main].items()},
             "by_intervening_ci": by_iv, "per_position": per_pos, "by_context": ctx,
             "intervening_tokens": {str(k): iv_tokens[k] for k in cfg.interveners},
+            "intervening_tokens_gpt2_reference": {str(k): v for k, v in load_vignette()["gpt2_tokens_reference"].items() if int(k) in cfg.interveners},
             "n_stimuli": len(stimuli), "n_per_cell": cfg.n_per_cell,
             "stimuli": [{"list_type": st.list_type, "condition": st.condition, "list_length": st.list_length,
                          "intervening": st.intervening, "scenario": st.scenario, "item": st.item, "repeat_surprisal": r,
