@@ -544,6 +544,18 @@ class Mamba2Block(nn.Module):
         return self.hook_resid_post(resid), state
 
 # %% ../nbs/03_archs.ipynb #c041
+class _Growing:
+    """Append along dim 1 into one buffer that doubles when full: a long stream then keeps a few large blocks instead of
+    thousands of small tensors, which the C allocator cannot give back once large temporaries sit between them."""
+    def __init__(self): self.buf, self.n = None, 0
+    def append(self, x: Tensor):
+        if self.buf is None: self.buf = x.new_empty((x.shape[0], max(x.shape[1], 1024)) + tuple(x.shape[2:]))
+        if self.n + x.shape[1] > self.buf.shape[1]:
+            new = self.buf.new_empty((self.buf.shape[0], max(2 * self.buf.shape[1], self.n + x.shape[1])) + tuple(self.buf.shape[2:]))
+            new[:, :self.n] = self.buf[:, :self.n]; self.buf = new
+        self.buf[:, self.n:self.n + x.shape[1]] = x; self.n += x.shape[1]
+    def result(self) -> Tensor: return self.buf[:, :self.n].clone()
+
 class Mamba2(_LabArch):
     "A Mamba-2 language model on the chunked SSD algorithm, with a streaming mode and state statistics."
     family, kind = "mamba2", "recurrent"
@@ -572,35 +584,43 @@ class Mamba2(_LabArch):
         return (logits, Mamba2State(conv, ssm)) if return_state else logits
 
     @torch.no_grad()
-    def stream(self, tokens: Int[Tensor, "batch pos"], piece_len: int = 4096, top_k: int = 4, progress: bool = False) -> dict:
+    def stream(self, tokens, piece_len: int = 4096, top_k: int = 4, progress: bool = False) -> dict:
         """Run a long sequence in pieces, carrying state; keep per-token loss and per-chunk state statistics only.
-        Returns {'nll': [batch, pos-1], 'stats': {layer: {'rms'|'max_abs': [batch, chunk, head], 'top_channels': [batch, chunk, head, k]}}}.
-        Chunks are counted on each piece's own grid, so pick `piece_len` a multiple of `cfg.chunk_size`."""
-        if piece_len % self.cfg.chunk_size:
-            raise BadInput(f"piece_len {piece_len} is not a multiple of chunk_size {self.cfg.chunk_size}; the chunk grid would shift between pieces.")
-        T = tokens.shape[1]
-        nll, stats = [], {l: [] for l in range(self.cfg.n_layers)}
-        state, prev_last = None, None
+        `tokens` is a [batch, pos] tensor (cut into `piece_len` pieces) or an iterable of [batch, piece] tensors
+        (for inputs generated on the fly). Returns {'nll': [batch, pos-1], 'state': the final Mamba2State,
+        'stats': {layer: {'rms'|'max_abs': [batch, chunk, head], 'top_channels': [batch, chunk, head, top_k]}}}.
+        Chunks are counted on each piece's own grid, so every piece but the last must be a multiple of `cfg.chunk_size`."""
+        cs = self.cfg.chunk_size
+        if isinstance(tokens, Tensor):
+            if piece_len % cs:
+                raise BadInput(f"piece_len {piece_len} is not a multiple of chunk_size {cs}; the chunk grid would shift between pieces.")
+            pieces = [tokens[:, s:s + piece_len] for s in range(0, tokens.shape[1], piece_len)]
+        else: pieces = tokens
+        nll, stats = _Growing(), {l: {} for l in range(self.cfg.n_layers)}
+        state, prev_last, ragged = None, None, None
         mixers = [b.ssm for b in self.blocks]
         for m in mixers: m.stats_top_k = top_k
         try:
-            starts = range(0, T, piece_len)
             if progress:
                 from tqdm.auto import tqdm
-                starts = tqdm(starts, desc="stream", unit="piece")
-            for s in starts:
-                piece = tokens[:, s:s + piece_len]
+                pieces = tqdm(pieces, desc="stream", unit="piece")
+            for piece in pieces:
+                if ragged is not None:
+                    raise BadInput(f"A piece of {ragged} tokens (not a multiple of chunk_size {cs}) was followed by another; only the last piece may be ragged.")
+                if piece.shape[1] % cs: ragged = piece.shape[1]
                 logits, state = self(piece, state=state, return_state=True)
                 lp = logits.float().log_softmax(-1)
                 if prev_last is not None: nll.append(-prev_last.gather(-1, piece[:, :1]))
                 nll.append(-lp[:, :-1].gather(-1, piece[:, 1:, None])[..., 0])
-                prev_last = lp[:, -1]
-                for l, m in enumerate(mixers): stats[l].append(m.last_stats)
+                prev_last = lp[:, -1].clone()
+                for l, m in enumerate(mixers):
+                    for k, v in m.last_stats.items(): stats[l].setdefault(k, _Growing()).append(v)
                 del logits, lp
         finally:
             for m in mixers: m.stats_top_k, m.last_stats = None, None
-        stats = {l: {k: torch.cat([d[k] for d in v], 1) for k in v[0]} for l, v in stats.items()}
-        return {"nll": torch.cat(nll, 1), "stats": stats, "state": state}
+        if prev_last is None: raise BadInput("stream got no tokens.")
+        stats = {l: {k: g.result() for k, g in v.items()} for l, v in stats.items()}
+        return {"nll": nll.result(), "stats": stats, "state": state}
 
 # %% ../nbs/03_archs.ipynb #c047
 ARCHS = {"Transformer": (Transformer, TransformerConfig), "LSTM": (LSTM, LSTMConfig), "Mamba2": (Mamba2, Mamba2Config)}
