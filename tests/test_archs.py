@@ -221,3 +221,13 @@ def test_lab_model_wrapper(family):
     assert lm.W_E.shape == (10, 16) and lm.W_U.shape == (16, 10)
     if family == "Transformer":
         assert lm.W_O(1).shape == (2, 8, 16) and lm.W_K(0).shape == (2, 16, 8)
+
+
+def test_mamba2_stream_accepts_piece_iterables():
+    m = _mamba()
+    toks = torch.randint(0, 11, (1, 37), generator=torch.Generator().manual_seed(8))
+    a = m.stream(toks, piece_len=16)
+    b = m.stream(iter([toks[:, :8], toks[:, 8:32], toks[:, 32:]]))
+    torch.testing.assert_close(a["nll"], b["nll"], atol=1e-5, rtol=1e-5)
+    assert a["nll"].shape == (1, 36)
+    with pytest.raises(BadInput, match="only the last piece may be ragged"): m.stream(iter([toks[:, :5], toks[:, 5:]]))
