@@ -21,8 +21,12 @@ from .core import BadInput, Probe, Result, seed_everything
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['PROBES', 'InductionConfig', 'repeated_random_tokens', 'induction_scores', 'token_losses', 'InductionResult',
-           'run_induction']
+__all__ = ['PROBES', 'FORMS', 'EXT_KINDS', 'InductionConfig', 'repeated_random_tokens', 'induction_scores', 'token_losses',
+           'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs',
+           'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
+           'full_vocab_scores', 'shift_model', 'ov_pairs_for_ids', 'SuccessorConfig', 'mod10_probe',
+           'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss', 'SuccessorResult', 'run_successor',
+           'ngram_head_scores', 'dfa_sequences', 'repeated_word_sequences', 'NgramConfig', 'NgramResult', 'run_ngram']
 
 # %% ../nbs/11_heads.ipynb #c004
 __all__ = ["InductionConfig", "InductionResult", "repeated_random_tokens", "induction_scores", "token_losses",
@@ -119,3 +123,541 @@ def run_induction(model: LabModel, cfg: InductionConfig = InductionConfig()) -> 
 # %% ../nbs/11_heads.ipynb #c014
 PROBES = {"induction": Probe("induction", "Which heads copy in context: attend to the token after an earlier occurrence of the current token, and predict it?",
                              InductionConfig, run_induction, needs="attention", page="heads")}
+
+# %% ../nbs/11_heads.ipynb #c019
+import math
+from typing import Callable
+
+__all__ += ["FORMS", "EXT_KINDS", "roman_numerals", "ordinal_tasks", "OrdinalPairs", "succession_pairs", "extended_embeddings",
+            "folded_unembed", "stacked_ov", "head_inputs", "ov_outputs", "succession_scores", "full_vocab_scores",
+            "shift_model", "ov_pairs_for_ids", "SuccessorConfig", "SuccessorResult", "mod10_probe", "arithmetic_success",
+            "incrementation_prompts", "head_ablation_dloss", "run_successor",
+            "ngram_head_scores", "dfa_sequences", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram"]
+
+# %% ../nbs/11_heads.ipynb #c021
+FORMS = ("space", "bare", "space_case", "bare_case")
+
+def roman_numerals(n: int = 20) -> list[str]:
+    "Roman numerals for 1..n, generated (not typed) and checked to increase strictly when read back."
+    if n < 1 or n > 3999: raise BadInput(f"Roman numerals exist for 1..3999; got n={n}.")
+    table = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
+             (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+    def to_roman(v):
+        out = ""
+        for val, sym in table:
+            while v >= val: out += sym; v -= val
+        return out
+    def from_roman(s):
+        vals = {"M": 1000, "D": 500, "C": 100, "L": 50, "X": 10, "V": 5, "I": 1}
+        return sum(-vals[a] if vals[a] < vals[b] else vals[a] for a, b in zip(s, s[1:])) + vals[s[-1]]
+    out = [to_roman(v) for v in range(1, n + 1)]
+    values = [from_roman(s) for s in out]
+    assert all(b > a for a, b in zip(values, values[1:])) and values == list(range(1, n + 1)), "Roman numerals must increase strictly"
+    return out
+
+def ordinal_tasks() -> dict[str, dict]:
+    "The ordinal tasks: `{task: {'items': [...], 'wrap': bool}}` from data/successor/tasks.json plus generated Roman numerals."
+    import json
+    from seqlab.core import data_dir
+    p = data_dir() / "successor" / "tasks.json"
+    if not p.exists(): raise BadInput(f"The ordinal task lists are missing ({p}); restore data/successor/ from the repository.")
+    tasks = json.loads(p.read_text())["tasks"]
+    tasks["roman"] = {"items": roman_numerals(20), "wrap": False}
+    return tasks
+
+def _form(item: str, form: str) -> str:
+    flip = item.lower() if item[:1].isupper() else item[:1].upper() + item[1:]
+    base = flip if form.endswith("case") else item
+    return (" " + base) if form.startswith("space") else base
+
+# %% ../nbs/11_heads.ipynb #c024
+@dataclasses.dataclass
+class OrdinalPairs:
+    "Tokenised ordinal tasks: per subtask the kept items, their 1-based indices and the (input, successor) pairs."
+    subtasks: dict[str, dict]     # "task/form" -> {"task", "form", "ids": [..], "index": [..], "pairs": [(a, b, i)], "dropped": n}
+    n_pairs: int
+    dropped_pairs: int
+
+    def table(self) -> list[dict]:
+        "Kept and dropped pair counts per subtask (the published validity mask)."
+        return [{"subtask": k, "kept": len(v["pairs"]), "dropped": v["dropped"], "tokens": len(v["ids"])} for k, v in self.subtasks.items()]
+
+def succession_pairs(encode: Callable[[str], list[int]], tasks: dict[str, dict], forms=FORMS) -> OrdinalPairs:
+    "Keep the (t_i, t_{i+1}) pairs whose input and successor are single tokens under `encode`, per task and form."
+    bad = [f for f in forms if f not in FORMS]
+    if bad: raise BadInput(f"Unknown forms {bad}; use some of {FORMS}.")
+    subtasks, kept, dropped = {}, 0, 0
+    for task, spec in tasks.items():
+        items = spec["items"]
+        if len(items) < 2: raise BadInput(f"Task {task!r} has {len(items)} item(s); a succession task needs at least 2.")
+        for form in forms:
+            if form.endswith("case") and all(_form(x, form) == _form(x, form[:-5] or "bare") for x in items): continue
+            ids = [encode(_form(x, form)) for x in items]
+            single = [len(t) == 1 for t in ids]
+            n = len(items)
+            steps = [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if spec.get("wrap") else [])
+            pairs = [(ids[i][0], ids[j][0], i + 1) for i, j in steps if single[i] and single[j]]
+            sub = {"task": task, "form": form, "ids": [t[0] for t in ids if len(t) == 1],
+                   "index": [i + 1 for i, t in enumerate(ids) if len(t) == 1], "pairs": pairs, "dropped": len(steps) - len(pairs)}
+            kept += len(pairs); dropped += sub["dropped"]
+            if pairs: subtasks[f"{task}/{form}"] = sub
+    if kept == 0: raise BadInput("No ordinal pair is a pair of single tokens for this tokenizer; the succession score is undefined.")
+    return OrdinalPairs(subtasks, kept, dropped)
+
+# %% ../nbs/11_heads.ipynb #c027
+EXT_KINDS = ("reference", "mlp0", "mlp0_normed", "resid", "embed", "actual")
+
+@torch.no_grad()
+def extended_embeddings(model: LabModel, ids: Int[Tensor, "n"], kind: str = "mlp0", resid_prefix: str = "\n",
+                        batch_size: int = 512) -> Float[Tensor, "layer_or_1 n d_model"]:
+    "Extended embeddings of tokens `ids`: `[1, n, d]` for the layer-independent kinds, `[n_layers, n, d]` for 'actual'."
+    if kind not in EXT_KINDS: raise BadInput(f"Unknown extended-embedding kind {kind!r}; use one of {EXT_KINDS}.")
+    E = model.W_E[ids.to(model.W_E.device)].float()
+    if kind == "embed": return E[None]
+    if kind == "actual":
+        prefix = model.encode(resid_prefix) if resid_prefix else []
+        toks = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(ids), -1), ids[:, None].long().cpu()], 1)
+        names = [f"blocks.{l}.hook_resid_pre" for l in range(model.arch.n_layers)]
+        cap = capture(model, toks, names, batch_size=batch_size, reduce=lambda n, a, m: a[:, -1], progress=False)
+        return torch.stack([cap[n] for n in names]).float()
+    if kind in ("reference", "mlp0"): return model.mlp(0)(E)[None].float()
+    mlp0 = model.mlp(0)(model.ln2(0)(E))
+    return (mlp0 if kind == "mlp0_normed" else E + mlp0)[None].float()
+
+def _is_layernorm(norm) -> bool:
+    return isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
+
+@torch.no_grad()
+def folded_unembed(model: LabModel, fold: bool = True) -> Float[Tensor, "d_model d_vocab"]:
+    "W_U with the final norm's gain folded in (and its centring, for LayerNorm): exact for any per-row argmax."
+    W_U = model.W_U.float()
+    if not fold: return W_U
+    norm = model.ln_final
+    g = getattr(norm, "weight", None)
+    if g is not None: W_U = g.detach().float()[:, None] * W_U
+    if _is_layernorm(norm): W_U = W_U - W_U.mean(0, keepdim=True)  # (x - mean x) . w == x . (w - mean w)
+    return W_U
+
+@torch.no_grad()
+def stacked_ov(model: LabModel) -> tuple[Float[Tensor, "layer head d_model d_head"], Float[Tensor, "layer head d_head d_model"]]:
+    "W_V and W_O of every query head (GQA expanded by LabModel), stacked over layers."
+    L = model.arch.n_layers
+    return (torch.stack([model.W_V(l).float() for l in range(L)]), torch.stack([model.W_O(l).float() for l in range(L)]))
+
+@torch.no_grad()
+def head_inputs(model: LabModel, ext: Float[Tensor, "layer_or_1 n d_model"], fold: bool = True) -> Float[Tensor, "layer n d_model"]:
+    "What each layer's heads read: the pre-attention norm of layer l applied to `ext` (or `ext` unchanged when not folding)."
+    L = model.arch.n_layers
+    xs = [ext[l if ext.shape[0] > 1 else 0] for l in range(L)]
+    return torch.stack([model.ln1(l)(x).float() if fold else x for l, x in enumerate(xs)])
+
+def ov_outputs(x: Float[Tensor, "layer n d_model"], W_V: Float[Tensor, "layer head d_model d_head"],
+               W_O: Float[Tensor, "layer head d_head d_model"]) -> Float[Tensor, "layer head n d_model"]:
+    "Every head's output for every token at once: x W_V W_O, batched over layers and heads."
+    return torch.einsum("lnd,lhde,lhem->lhnm", x, W_V, W_O)
+
+# %% ../nbs/11_heads.ipynb #c029
+def succession_scores(out: Float[Tensor, "layer head n d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                      token_ids: Int[Tensor, "n"], pairs: OrdinalPairs) -> dict[str, Tensor]:
+    "Restricted succession scores from head outputs on `token_ids`: pooled `[layer, head]`, per subtask, and chance."
+    pos = {t: i for i, t in enumerate(token_ids.tolist())}
+    logits = torch.einsum("lhnm,mv->lhnv", out, W_U[:, token_ids])          # [layer, head, n, n]: task tokens only
+    per_sub, hits, n_pairs, chance = {}, 0, 0, []
+    for name, sub in pairs.subtasks.items():
+        cols = torch.tensor([pos[t] for t in sub["ids"]])
+        rows = torch.tensor([pos[a] for a, _, _ in sub["pairs"]])
+        want = torch.tensor([sub["ids"].index(b) for _, b, _ in sub["pairs"]])
+        pred = logits[:, :, rows][..., cols].argmax(-1)                      # [layer, head, pairs]: argmax within T_tau
+        ok = (pred == want).float()
+        per_sub[name] = ok.mean(-1); hits = hits + ok.sum(-1); n_pairs += len(rows)
+        chance += [1 / len(cols)] * len(rows)
+    return {"pooled": hits / n_pairs, "macro": torch.stack(list(per_sub.values())).mean(0), "per_subtask": per_sub,
+            "chance_pooled": float(np.mean(chance)), "chance_macro": float(np.mean([1 / len(s["ids"]) for s in pairs.subtasks.values()]))}
+
+def full_vocab_scores(out: Float[Tensor, "layer head n d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                      token_ids: Int[Tensor, "n"], pairs: OrdinalPairs, heads: list[tuple[int, int]],
+                      chunk: int = 4) -> dict[tuple[int, int], float]:
+    "Pooled succession score with the argmax over the whole vocabulary, for the given heads (in chunks of heads)."
+    pos = {t: i for i, t in enumerate(token_ids.tolist())}
+    allp = [p for s in pairs.subtasks.values() for p in s["pairs"]]
+    rows = torch.tensor([pos[a] for a, _, _ in allp]); want = torch.tensor([b for _, b, _ in allp])
+    uniq, inv = rows.unique(return_inverse=True)
+    res = {}
+    for c in range(0, len(heads), chunk):
+        hs = heads[c:c + chunk]
+        o = torch.stack([out[l, h, uniq] for l, h in hs])                   # [chunk, rows, d_model]
+        pred = (o @ W_U).argmax(-1)[:, inv]                                   # [chunk, pairs]
+        for k, hd in enumerate(hs): res[hd] = (pred[k] == want).float().mean().item()
+    return res
+
+# %% ../nbs/11_heads.ipynb #c031
+def shift_model(n_items: int = 10, d_model: int = 24, n_heads: int = 4, seed: int = 0) -> LabModel:
+    "A 2-layer lab Transformer whose head L0H0 maps token i to token i+1 through its OV circuit; others are random."
+    from seqlab.archs import CharTokenizer, Transformer, TransformerConfig, as_lab_model
+    if n_items + 2 > d_model: raise BadInput(f"n_items ({n_items}) + 2 must fit in d_model ({d_model}) for orthonormal embeddings.")
+    g = torch.Generator().manual_seed(seed)
+    alphabet = [chr(ord("a") + i) for i in range(n_items)] + ["|", "."]
+    d_head = n_items + n_items % 2                                       # room for the rank n_items-1 shift; even for RoPE
+    cfg = TransformerConfig(d_vocab=len(alphabet), d_model=d_model, n_layers=2, n_heads=n_heads, d_head=d_head,
+                            d_mlp=0, norm="rmsnorm", positional="rope")
+    model = Transformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters(): p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(d_model) if p.ndim == 2 else p)
+        Q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=g))
+        E = Q[:len(alphabet)] * math.sqrt(d_model)                         # orthogonal rows of RMS 1
+        model.embed.weight.copy_(E); model.unembed.weight.copy_(E)
+        r = n_items - 1
+        A = model.blocks[0].attn
+        qkv = rearrange(A.qkv.weight, "(three h d) m -> three h m d", three=3, h=n_heads).clone()
+        W_O = rearrange(A.out.weight, "m (h d) -> h d m", h=n_heads).clone()
+        qkv[2, 0] = 0; W_O[0] = 0
+        for i in range(r): qkv[2, 0, :, i] = Q[i]; W_O[0, i] = Q[i + 1]   # W_V W_O = sum_i Q_i^T Q_{i+1}: E[i] -> E[i+1]
+        A.qkv.weight.copy_(rearrange(qkv, "three h m d -> (three h d) m"))
+        A.out.weight.copy_(rearrange(W_O, "h d m -> m (h d)"))
+    return as_lab_model(model, CharTokenizer(alphabet), "shift-model")
+
+def ov_pairs_for_ids(ids: list[int], wrap: bool = False) -> OrdinalPairs:
+    "One ordinal task given directly as token ids (for models without a word-level tokenizer)."
+    n = len(ids); steps = [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if wrap else [])
+    sub = {"task": "ids", "form": "ids", "ids": list(ids), "index": list(range(1, n + 1)),
+           "pairs": [(ids[i], ids[j], i + 1) for i, j in steps], "dropped": 0}
+    return OrdinalPairs({"ids/ids": sub}, len(steps), 0)
+
+# %% ../nbs/11_heads.ipynb #c036
+@dataclasses.dataclass
+class SuccessorConfig:
+    "Which extended embedding ranks the heads, how many heads get the full-vocabulary argmax, and the ablation set."
+    ext: str = "mlp0"                  # the kind that ranks heads (`heads`); every kind in `compare` is reported too
+    compare: tuple = ("reference", "mlp0", "mlp0_normed", "resid", "actual")
+    forms: tuple = FORMS
+    resid_prefix: str = "\n"           # context before the token for the `actual` kind
+    full_vocab_top: int = 20           # heads (best by the restricted score) that also get the full-vocabulary argmax
+    probe_steps: int = 300             # optimiser steps of the mod-10 linear probe
+    n_prompts_per_task: int = 12       # incrementation prompts per task for the ablation
+    run_len: int = 5                   # items per prompt ("Monday, Tuesday, ..."); loss on items 3..run_len
+    seed: int = 0
+
+    @classmethod
+    def quick(cls): return cls(compare=("reference", "mlp0", "actual"), full_vocab_top=5, probe_steps=150, n_prompts_per_task=4, run_len=4)
+
+# %% ../nbs/11_heads.ipynb #c038
+def _standardise(x, mu, sd): return (x - mu) / sd
+
+def mod10_probe(x: Float[Tensor, "n d"], index: Int[Tensor, "n"], group: list[str], steps: int = 300,
+                weight_decay: float = 1e-2, seed: int = 0) -> dict:
+    "Leave-one-task-out accuracy of a linear probe for index mod 10 (chance 0.1 when residues are balanced)."
+    y = index % 10
+    groups = sorted(set(group)); g = np.array(group)
+    acc = {}
+    for held in groups:
+        test = torch.tensor(g == held); train = ~test
+        if train.sum() < 10 or len(y[train].unique()) < 2: continue
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(x.shape[1], 10)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=weight_decay)
+        xt = _standardise(x[train], mu, sd)
+        for _ in range(steps):
+            opt.zero_grad(); torch.nn.functional.cross_entropy(lin(xt), y[train]).backward(); opt.step()
+        with torch.no_grad(): acc[held] = (lin(_standardise(x[test], mu, sd)).argmax(-1) == y[test]).float().mean().item()
+    return {"loto_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))) if acc else float("nan"), "chance": 0.1}
+
+@torch.no_grad()
+def arithmetic_success(model: LabModel, layer: int, head: int, ext: Float[Tensor, "n d"], token_ids: Int[Tensor, "n"],
+                       pairs: OrdinalPairs, W_U: Float[Tensor, "d_model d_vocab"]) -> dict:
+    "Share of (token, residue) edits x - mu_i + mu_j after which the head's within-subtask argmax is the edited successor."
+    pos = {t: i for i, t in enumerate(token_ids.tolist())}
+    tok_task = {}; tok_index = {}
+    for s in pairs.subtasks.values():
+        for t, v in zip(s["ids"], s["index"]): tok_task.setdefault(t, s["task"]); tok_index.setdefault(t, v)
+    task_of = np.array([tok_task[t] for t in token_ids.tolist()]); idx = torch.tensor([tok_index[t] for t in token_ids.tolist()])
+    W_V, W_O, norm = model.W_V(layer)[head].float(), model.W_O(layer)[head].float(), model.ln1(layer)
+    hits = trials = 0; per_task = {}
+    for name, s in pairs.subtasks.items():
+        others = torch.tensor(task_of != s["task"])
+        mu = torch.stack([ext[others & (idx % 10 == r)].mean(0) if (others & (idx % 10 == r)).any() else torch.full((ext.shape[1],), float("nan"))
+                          for r in range(10)])
+        cols = torch.tensor([pos[t] for t in s["ids"]]); Wc = W_U[:, token_ids[cols]]
+        by_index = {v: k for k, v in enumerate(s["index"])}
+        edits, want = [], []
+        for t, v in zip(s["ids"], s["index"]):
+            for j in range(10):
+                vj = 10 * (v // 10) + j
+                if j == v % 10 or vj < 1 or (vj + 1) not in by_index or mu[j].isnan().any() or mu[v % 10].isnan().any(): continue
+                edits.append(ext[pos[t]] - mu[v % 10] + mu[j]); want.append(by_index[vj + 1])
+        if not edits: continue
+        pred = (norm(torch.stack(edits)).float() @ W_V @ W_O @ Wc).argmax(-1)
+        ok = (pred == torch.tensor(want)).float()
+        per_task[name] = ok.mean().item(); hits += ok.sum().item(); trials += len(ok)
+    return {"success_rate": hits / trials if trials else float("nan"), "n_edits": trials, "per_subtask": per_task}
+
+# %% ../nbs/11_heads.ipynb #c040
+def incrementation_prompts(model: LabModel, tasks: dict[str, dict], n_per_task: int, run_len: int,
+                           generator: torch.Generator) -> tuple[list[list[int]], list[list[int]]]:
+    "Comma-separated runs of consecutive task items as token ids, with a 0/1/2 mark per token (2: succession target, 1: comma)."
+    if run_len < 3: raise BadInput(f"run_len must be at least 3 (two items to set the pattern, one to predict), got {run_len}.")
+    prompts, marks = [], []
+    sep = model.encode(",")
+    for task, spec in tasks.items():
+        items = spec["items"]
+        if len(items) < run_len: continue
+        starts = torch.randint(0, len(items) - run_len + 1, (n_per_task,), generator=generator).tolist()
+        for s in starts:
+            toks, mk = [], []
+            for k, item in enumerate(items[s:s + run_len]):
+                if k: toks += sep; mk += [1] * len(sep)
+                ids = model.encode(item if k == 0 else " " + item)
+                toks += ids; mk += [2 if k >= 2 else 0] * len(ids)
+            prompts.append(toks); marks.append(mk)
+    return prompts, marks
+
+@torch.no_grad()
+def head_ablation_dloss(model: LabModel, prompts: list[list[int]], marks: list[list[int]], layer: int,
+                        heads: list[int]) -> dict[int, dict[str, float]]:
+    "Mean loss change on succession targets and on commas when each head's `hook_z` slice is zeroed, one head at a time."
+    toks, mask = model.tokenize(prompts)
+    mk = torch.zeros_like(toks)
+    for i, m in enumerate(marks): mk[i, :len(m)] = torch.tensor(m)
+    tgt = mk[:, 1:]   # mark of the token being predicted
+    def losses(hooks):
+        return token_losses(model.run_with_hooks(toks, hooks, attention_mask=mask), toks)
+    clean = losses([])
+    out = {}
+    for h in heads:
+        def zero(z, hook, h=h): z[:, :, h] = 0; return z
+        d = losses([(f"blocks.{layer}.attn.hook_z", zero)]) - clean
+        out[h] = {"succession": d[tgt == 2].mean().item(), "comma": d[tgt == 1].mean().item()}
+    out["clean_succession_loss"] = clean[tgt == 2].mean().item()
+    return out
+
+# %% ../nbs/11_heads.ipynb #c041
+@dataclasses.dataclass
+class SuccessorResult(Result):
+    "Succession scores of every head (several extended embeddings), the best head's anatomy, and its ablation."
+
+    def figure(self):
+        m = self.metrics
+        z = np.array(m["scores"][m["ext"]]["pooled"])
+        fig = make_subplots(1, 2, subplot_titles=(f"succession score ({m['ext']}, within-task argmax, pooled)",
+                                                  f"best head L{m['best']['layer']}H{m['best']['head']}: per subtask"),
+                            column_widths=[0.45, 0.55], horizontal_spacing=0.15)
+        fig.add_trace(go.Heatmap(z=z, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(x=0.42),
+                                 hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), 1, 1)
+        pt = m["per_task"]
+        fig.add_trace(go.Bar(x=list(pt), y=[v["score"] for v in pt.values()], name="score"), 1, 2)
+        fig.add_trace(go.Scatter(x=list(pt), y=[v["chance"] for v in pt.values()], mode="markers", name="chance"), 1, 2)
+        fig.update_xaxes(title_text="head", row=1, col=1); fig.update_yaxes(title_text="layer", row=1, col=1)
+        fig.update_layout(height=520, title=f"Successor heads on {self.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
+        return fig
+
+    def summary(self):
+        m = self.metrics; b = m["best"]
+        rows = [["pairs kept / dropped", f"{m['n_pairs']} / {m['dropped_pairs']}"],
+                [f"best head ({m['ext']})", f"L{b['layer']}H{b['head']}"],
+                ["its score: pooled / macro / full vocab", f"{b['score']:.3f} / {b['macro']:.3f} / {b['full_vocab']:.3f}"],
+                ["chance (pooled)", round(m["chance_pooled"], 3)]]
+        rows += [[f"best head, ext={k}", f"L{v['best']['layer']}H{v['best']['head']} {v['best']['score']:.3f}"] for k, v in m["variants"].items()]
+        rows += [["mod-10 probe (leave-one-task-out)", round(m["mod10"]["mean_accuracy"], 3)],
+                 ["arithmetic success", round(m["arithmetic_success"], 3)],
+                 ["ablation dloss: best / random head", f"{m['ablation']['best']:.3f} / {m['ablation']['random']:.3f}"]]
+        return rows
+
+# %% ../nbs/11_heads.ipynb #c042
+def _rank(score: Tensor) -> list[dict]:
+    L, H = score.shape
+    return sorted([{"layer": l, "head": h, "score": score[l, h].item()} for l in range(L) for h in range(H)], key=lambda d: -d["score"])
+
+@torch.no_grad()
+def run_successor(model: LabModel, cfg: SuccessorConfig = SuccessorConfig()) -> SuccessorResult:
+    "Score every head's OV circuit for succession, then dissect and ablate the best one."
+    if model.arch.kind != "attention": raise BadInput(f"The successor probe needs an attention model; {model.name} is {model.arch.kind}.")
+    if cfg.ext not in EXT_KINDS: raise BadInput(f"Unknown extended-embedding kind {cfg.ext!r}; use one of {EXT_KINDS}.")
+    t0 = time.time(); gen = seed_everything(cfg.seed)
+    tasks = ordinal_tasks()
+    pairs = succession_pairs(model.encode, tasks, cfg.forms)
+    token_ids = torch.tensor(sorted({t for s in pairs.subtasks.values() for t in s["ids"]}))
+    W_V, W_O = stacked_ov(model)
+    kinds = list(dict.fromkeys([cfg.ext, *cfg.compare]))
+    scores, variants, outs = {}, {}, {}
+    for kind in kinds:
+        fold = kind != "reference"
+        ext = extended_embeddings(model, token_ids, kind, cfg.resid_prefix)
+        out = ov_outputs(head_inputs(model, ext, fold), W_V, W_O)
+        s = succession_scores(out, folded_unembed(model, fold), token_ids, pairs)
+        scores[kind] = {"pooled": s["pooled"], "macro": s["macro"]}
+        variants[kind] = {"best": _rank(s["pooled"])[0], "best_macro": _rank(s["macro"])[0], "top5": _rank(s["pooled"])[:5]}
+        if kind == cfg.ext: main, main_ext, outs = s, ext, out
+    ranked = _rank(main["pooled"])
+    top = [(d["layer"], d["head"]) for d in ranked[:cfg.full_vocab_top]]
+    full = full_vocab_scores(outs, folded_unembed(model), token_ids, pairs, top)
+    for d in ranked[:cfg.full_vocab_top]: d["full_vocab"] = full[(d["layer"], d["head"])]
+    bl, bh = top[0]
+    per_task = {k: {"score": v[bl, bh].item(), "chance": 1 / len(pairs.subtasks[k]["ids"]), "pairs": len(pairs.subtasks[k]["pairs"])}
+                for k, v in main["per_subtask"].items()}
+    # mod-10 and arithmetic on the ranking extended embedding (layer-specific for 'actual')
+    x = main_ext[bl if main_ext.shape[0] > 1 else 0]
+    idx_of = {}; task_of = {}
+    for s in pairs.subtasks.values():
+        for t, v in zip(s["ids"], s["index"]): idx_of.setdefault(t, v); task_of.setdefault(t, s["task"])
+    tl = token_ids.tolist()
+    with torch.enable_grad():
+        mod10 = mod10_probe(x, torch.tensor([idx_of[t] for t in tl]), [task_of[t] for t in tl], cfg.probe_steps, seed=cfg.seed)
+    arith = arithmetic_success(model, bl, bh, x, token_ids, pairs, folded_unembed(model))
+    # behaviour: zero the best head vs the other heads of its layer
+    prompts, marks = incrementation_prompts(model, {k: v for k, v in tasks.items()}, cfg.n_prompts_per_task, cfg.run_len, gen)
+    abl = head_ablation_dloss(model, prompts, marks, bl, list(range(model.arch.n_heads)))
+    rnd = [h for h in range(model.arch.n_heads) if h != bh][int(torch.randint(0, model.arch.n_heads - 1, (1,), generator=gen))]
+    others = [abl[h]["succession"] for h in range(model.arch.n_heads) if h != bh]
+    ablation = {"best": abl[bh]["succession"], "random": abl[rnd]["succession"], "random_head": rnd,
+                "others_mean": float(np.mean(others)), "best_comma": abl[bh]["comma"], "random_comma": abl[rnd]["comma"],
+                "clean_loss": abl["clean_succession_loss"], "per_head": {h: abl[h] for h in range(model.arch.n_heads)},
+                "n_prompts": len(prompts)}
+    metrics = {"ext": cfg.ext, "heads": ranked, "n_pairs": pairs.n_pairs, "dropped_pairs": pairs.dropped_pairs,
+               "validity": pairs.table(), "chance_pooled": main["chance_pooled"], "chance_macro": main["chance_macro"],
+               "best": {**ranked[0], "macro": main["macro"][bl, bh].item()},
+               "per_task": per_task, "variants": variants, "scores": scores, "mod10": mod10,
+               "arithmetic_success": arith["success_rate"], "arithmetic": arith, "ablation": ablation,
+               "heads_above_0.4": int((main["pooled"] > 0.4).sum())}
+    return SuccessorResult("successor", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
+
+# %% ../nbs/11_heads.ipynb #c044
+def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], ns=(1, 2, 3),
+                      attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch head n 3"]:
+    "Per sequence and head, for each n: (sum of score over query positions with a match, same for the uniform baseline, count)."
+    from seqlab.archs import ngram_match
+    T = tokens.shape[1]
+    attendable = torch.arange(1, T + 1, dtype=pattern.dtype, device=pattern.device)    # positions 0..i
+    out = []
+    for n in ns:
+        M = (ngram_match(tokens, n, attention_mask) > 0).to(pattern.dtype)              # [batch, q, k]
+        has = M.sum(-1) > 0                                                             # [batch, q]
+        score = torch.einsum("bhqk,bqk->bhq", pattern, M)
+        base = (M.sum(-1) / attendable)[:, None].expand_as(score)
+        w = has[:, None].to(pattern.dtype).expand_as(score)
+        out.append(torch.stack([(score * w).sum(-1), (base * w).sum(-1), w.sum(-1)], -1))
+    return torch.stack(out, 2)
+
+# %% ../nbs/11_heads.ipynb #c047
+def dfa_sequences(n_seqs: int, seq_tokens: int, n_letters: int, generator: torch.Generator,
+                  states=(4, 12), edges=(1, 3), str_len=(1, 49)) -> list[list[int]]:
+    "Letter indices (0..n_letters-1) and separators (n_letters) from one simple random DFA per sequence (no minimisation)."
+    if n_letters < 4: raise BadInput(f"A DFA alphabet needs at least 4 letters, got {n_letters}.")
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=generator))       # inclusive bounds
+    seqs = []
+    for _ in range(n_seqs):
+        S = ri(*states)
+        alphabet = torch.randperm(n_letters, generator=generator)[:ri(4, n_letters)].tolist()
+        trans = {}
+        for s in range(S):
+            k = min(ri(*edges), len(alphabet), S - 1)
+            syms = torch.randperm(len(alphabet), generator=generator)[:k].tolist()
+            dests = [d for d in torch.randperm(S, generator=generator).tolist() if d != s][:k]   # no self-loops
+            trans[s] = [(alphabet[a], d) for a, d in zip(syms, dests)]
+        out = []
+        while len(out) < seq_tokens:
+            state, L = 0, ri(*str_len)
+            for _ in range(L):
+                sym, state = trans[state][int(torch.randint(0, len(trans[state]), (1,), generator=generator))]
+                out.append(sym)
+            out.append(n_letters)
+        seqs.append(out[:seq_tokens])
+    return seqs
+
+def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: int, generator: torch.Generator,
+                            max_id: int = 8000) -> Int[Tensor, "n pos"]:
+    "Sequences of common word tokens (space + lowercase letters, id < max_id) from a pool of `pool` words, repeated once."
+    words = [i for i, s in enumerate(model.to_str_tokens(range(min(max_id, model.arch.d_vocab))))
+             if len(s) >= 4 and s[0] == " " and s[1:].isalpha() and s[1:].islower()]
+    if len(words) < pool: raise BadInput(f"Only {len(words)} word tokens found below id {max_id}; need a pool of {pool}.")
+    out = []
+    for _ in range(n_seqs):
+        chosen = torch.tensor(words)[torch.randperm(len(words), generator=generator)[:pool]]
+        half = chosen[torch.randint(0, pool, (half_len,), generator=generator)]
+        out.append(torch.cat([half, half]))
+    return torch.stack(out)
+
+# %% ../nbs/11_heads.ipynb #c049
+@dataclasses.dataclass
+class NgramConfig:
+    "How many sequences of each kind, their lengths, and which match lengths n to score."
+    n_seqs: int = 24
+    seq_tokens: int = 256         # REGBENCH-style sequence length in tokens (the brief caps instances at ~512)
+    n_letters: int = 18           # letters a..r, as REGBENCH
+    word_half_len: int = 96       # natural-looking: tokens per copy
+    word_pool: int = 40           # distinct words per sequence, so short contexts also recur inside the first copy
+    ns: tuple = (1, 2, 3)
+    batch_size: int = 8
+    top_k: int = 10
+    seed: int = 0
+
+    @classmethod
+    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4)
+
+@dataclasses.dataclass
+class NgramResult(Result):
+    "Per-head n-gram scores (n = matched suffix length) on REGBENCH-style and repeated-word sequences."
+
+    def figure(self):
+        m = self.metrics; ns = m["ns"]
+        fig = make_subplots(2, len(ns), subplot_titles=[f"{d}, n={n} ({n + 1}-gram)" for d in ("dfa", "words") for n in ns],
+                            vertical_spacing=0.12)
+        for r, d in enumerate(("dfa", "words"), 1):
+            z = np.array(m["scores"][d])                                  # [layer, head, n]
+            for c in range(len(ns)):
+                fig.add_trace(go.Heatmap(z=z[:, :, c], coloraxis="coloraxis", hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), r, c + 1)
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=720,
+                          title=f"n-gram head scores on {self.model} (rows: DFA letters, repeated words; x head, y layer)")
+        return fig
+
+    def summary(self):
+        m = self.metrics; rows = []
+        for d in ("dfa", "words"):
+            for n in m["ns"]:
+                h = m["top"][d][str(n)][0]
+                rows.append([f"{d} n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
+        rows.append(["n-gram layer effect", "not run (needs the icll probe, issue 4)" if not m["ngram_layer"] else str(m["ngram_layer"])])
+        return rows
+
+# %% ../nbs/11_heads.ipynb #c050
+def _ngram_scan(model: LabModel, toks: Tensor, ns, batch_size: int, desc: str) -> Tensor:
+    def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
+    cap = capture(model, toks, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False)
+    tot = torch.stack([cap[n].sum(0) for n in names])                      # [layer, head, n, 3]
+    return tot[..., :2] / tot[..., 2:].clamp(min=1)                         # [layer, head, n, (score, baseline)]
+
+@torch.no_grad()
+def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
+    "Score every head for attention to the positions that follow earlier occurrences of its current n-token suffix."
+    if model.arch.kind != "attention": raise BadInput(f"The ngram probe needs an attention model; {model.name} is {model.arch.kind}.")
+    if not cfg.ns or min(cfg.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {cfg.ns}.")
+    t0 = time.time(); gen = seed_everything(cfg.seed)
+    letters = [chr(ord("a") + i) for i in range(cfg.n_letters)]
+    ids = [model.encode(" " + s) for s in letters + ["|"]]
+    if any(len(t) != 1 for t in ids):
+        bad = [s for s, t in zip(letters + ["|"], ids) if len(t) != 1]
+        raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the DFA prompts need single tokens.")
+    id_map = torch.tensor([t[0] for t in ids])
+    dfa = id_map[torch.tensor(dfa_sequences(cfg.n_seqs, cfg.seq_tokens, cfg.n_letters, gen))]
+    words = repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)
+    scores, top = {}, {}
+    for d, toks in (("dfa", dfa), ("words", words)):
+        s = _ngram_scan(model, toks, cfg.ns, cfg.batch_size, d)
+        scores[d] = s[..., 0]; top[d] = {}
+        for c, n in enumerate(cfg.ns):
+            flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
+                    for l in range(s.shape[0]) for h in range(s.shape[1])]
+            top[d][str(n)] = sorted(flat, key=lambda x: -x["score"])
+    heads = [h for n in cfg.ns for h in top["dfa"][str(n)]]
+    metrics = {"ns": list(cfg.ns), "heads": heads, "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
+               "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
+               "ngram_layer": {}, "ngram_layer_note": "not measured: needs the icll training machinery (seqlab.icl, issue 4)",
+               "dfa_note": "simple random DFA without minimisation or trimming (seqlab.icl not available)",
+               "n_seqs": cfg.n_seqs}
+    return NgramResult("ngram", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
+
+# %% ../nbs/11_heads.ipynb #c051
+PROBES["successor"] = Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",
+                            SuccessorConfig, run_successor, needs="attention", page="heads")
+PROBES["ngram"] = Probe("ngram", "Which heads attend to the positions that follow earlier occurrences of the current n-token context?",
+                        NgramConfig, run_ngram, needs="attention", page="heads")
