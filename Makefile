@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.seqlab-installed
 OUT ?= report
 
-.PHONY: install test test-fast report lab bench docs export clean-nbs
+.PHONY: install browser test test-fast report lab bench docs export
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# the browser tests drive Debian's Chromium (never a browser download); installed here when we are root
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make: the browser tests need Debian's chromium (sudo apt-get install chromium); without it they are skipped"; fi; }
+
 # pytest (CLI end to end, bad input, integration on the embedded model), then every notebook top to bottom
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	$(BIN)/nbdev-test --flags slow --n-workers 1
 
@@ -39,7 +45,7 @@ bench: install
 
 # offline docs preview: nbdev processes the notebooks (Quarto itself cannot be installed here; see _quarto.yml)
 docs: install
-	$(BIN)/nbdev-proc-nbs
+	$(BIN)/seqlab docs --out _docs_preview
 
 export: install
 	$(BIN)/nbdev-clean

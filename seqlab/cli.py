@@ -12,10 +12,12 @@ from pathlib import Path
 from .core import Probe, Result, SeqlabError, atomic_path, seqlab_version, to_jsonable
 
 # %% auto #0
-__all__ = ['PROBE_MODULES', 'PROBE_ORDER', 'available_probes', 'get_probe', 'run_probe', 'write_report', 'main']
+__all__ = ['PROBE_MODULES', 'PROBE_ORDER', 'available_probes', 'get_probe', 'run_probe', 'write_report', 'build_docs_preview',
+           'main']
 
 # %% ../nbs/30_cli.ipynb #c005
-__all__ = ["PROBE_MODULES", "PROBE_ORDER", "available_probes", "get_probe", "run_probe", "write_report", "main"]
+__all__ = ["PROBE_MODULES", "PROBE_ORDER", "available_probes", "get_probe", "run_probe", "write_report",
+           "build_docs_preview", "main"]
 
 PROBE_MODULES = ("seqlab.icl", "seqlab.heads", "seqlab.verbatim", "seqlab.collapse", "seqlab.spinning")
 PROBE_ORDER = ("icl-regression", "icll", "induction", "successor", "ngram", "verbatim", "collapse", "spinning")
@@ -152,7 +154,43 @@ def _cmd_bench(args):
         rc |= subprocess.call([sys.executable, str(s), "--out", str(args.out)])
     return rc
 
-# %% ../nbs/30_cli.ipynb #c011
+# %% ../nbs/30_cli.ipynb #c012
+def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None = None, execute: bool = True,
+                       timeout: int = 1800) -> Path:
+    "Process the notebooks with nbdev, execute them, and write an offline HTML preview with an index."
+    import os, nbformat
+    from nbconvert import HTMLExporter
+    root = Path(__file__).resolve().parent.parent
+    nbdev_proc = Path(sys.executable).parent / "nbdev-proc-nbs"
+    subprocess.run([str(nbdev_proc)], cwd=root, check=True, capture_output=True)
+    proc = root / "_proc"
+    nbs = sorted(p for p in proc.glob("*.ipynb") if not only or p.stem in only)
+    if not nbs: raise SeqlabError(f"No notebooks matched {only} in {proc}.")
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PLOTLY_RENDERER", "notebook")  # plotly.js inline once per page: renders offline
+    pages = []
+    for p in nbs:
+        nb = nbformat.read(p, as_version=4)
+        title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("#")), p.stem)
+        err = None
+        if execute:
+            from nbclient import NotebookClient
+            try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(proc)}}).execute()
+            except Exception as e: err = f"{type(e).__name__}: {str(e)[-500:]}"
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+        with atomic_path(out / f"{p.stem}.html") as t: t.write_text(body)
+        pages.append((p.stem, title, err))
+    items = "".join(f"<li><a href='{s}.html'>{html.escape(t)}</a>" + (f" <b>failed</b>: <code>{html.escape(e)}</code>" if e else "") + "</li>" for s, t, e in pages)
+    with atomic_path(out / "index.html") as t:
+        t.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>seqlab docs (preview)</title><style>{_CSS}</style></head>"
+                     f"<body><h1>seqlab documentation (offline preview)</h1><ul>{items}</ul></body></html>")
+    return out / "index.html"
+
+def _cmd_docs(args):
+    path = build_docs_preview(args.out, [s for s in args.only.split(",") if s] or None, not args.no_execute)
+    print(f"seqlab docs: wrote {path}")
+
+# %% ../nbs/30_cli.ipynb #c013
 def _parser():
     ap = argparse.ArgumentParser(prog="seqlab", description="seqlab: a notebook-first interpretability lab for sequence models")
     ap.add_argument("--version", action="version", version=f"seqlab {seqlab_version()}")
@@ -167,13 +205,16 @@ def _parser():
     p.add_argument("--probes", default="", help="comma-separated subset")
     b = sub.add_parser("bench", help="run the benchmarks in bench/")
     b.add_argument("--out", default="bench-results"); b.add_argument("--only", default="", help="comma-separated script names")
+    d = sub.add_parser("docs", help="offline HTML preview of the documentation (Quarto builds the real site)")
+    d.add_argument("--out", default="_docs_preview"); d.add_argument("--only", default="", help="comma-separated notebook names")
+    d.add_argument("--no-execute", action="store_true", help="render without running the notebooks")
     return ap
 
 def main(argv=None) -> int:
     "Entry point of the `seqlab` command."
     args = _parser().parse_args(argv)
     try:
-        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench}[args.cmd](args) or 0
+        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
     except SeqlabError as e:
         print(f"seqlab: error: {e}", file=sys.stderr)
         return 2

@@ -94,11 +94,16 @@ def dequantise_gguf(progress: bool = True):
     "The Hugging Face model (float32) and tokenizer read from the shipped GGUF; about 30 s on 2 cores."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     src = gguf_path()
+    from transformers.utils import logging as hf_logging
     if progress: print(f"seqlab: dequantising {src.name} (about 30 s on 2 cores); it is cached afterwards", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    else: hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    finally:
+        if not progress: hf_logging.enable_progress_bar()
     return hf.eval(), tok
 
 def build_smollm2_cache(folder: Path | None = None, progress: bool = True, dequantised=None) -> Path:

@@ -1,0 +1,107 @@
+"""What a person sees: the report, the docs preview and a live JupyterLab explorer, in headless Chromium.
+
+Debian's Chromium is driven by Playwright's Python package (never a browser download). Screenshots are saved in
+each test's temporary folder. The assertions read rendered content: plotly's SVG and the data it drew.
+"""
+import os, secrets, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("SEQLAB_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+NBS = Path(__file__).resolve().parent.parent / "nbs"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def plot_summary(page):
+    "For every plotly plot on the page: how many traces it drew and how many SVG elements it holds."
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+        traces: (d.data || []).length, svg: d.querySelectorAll('.main-svg *').length,
+        z: d.data && d.data[0] && d.data[0].z ? d.data[0].z.length : 0,
+        title: (d.querySelector('.gtitle') || {}).textContent || ''}))""")
+
+
+def test_report_renders_its_figures(browser, tmp_path):
+    from seqlab.cli import main
+    assert main(["report", "--quick", "--probes", "induction", "--out", str(tmp_path)]) == 0
+    page = browser.new_page()
+    page.goto((tmp_path / "index.html").as_uri())
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    plots = plot_summary(page)
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert plots and plots[0]["traces"] == 2 and plots[0]["z"] == 30 and plots[0]["svg"] > 20
+    assert "Induction on smollm2-135m" in plots[0]["title"]
+    assert page.locator("table.summary td").count() >= 4
+
+
+def test_docs_preview_renders_the_figures(browser, tmp_path):
+    from seqlab.cli import build_docs_preview
+    index = build_docs_preview(tmp_path / "docs", only=["index", "20_viz"])
+    page = browser.new_page()
+    page.goto(index.as_uri())
+    assert page.locator("li a").count() == 2 and "failed" not in page.content()
+    page.goto((tmp_path / "docs" / "20_viz.html").as_uri())
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    plots = plot_summary(page)
+    page.screenshot(path=str(tmp_path / "docs_viz.png"), full_page=True)
+    assert any(p["title"] == "layer 18 head 6" and p["z"] > 0 and p["svg"] > 20 for p in plots), plots
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    port, token = _free_port(), secrets.token_hex(12)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
+    jupyter = Path(sys.executable).parent / "jupyter"
+    proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+                             f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+                             f"--ServerApp.root_dir={NBS}", "--ServerApp.open_browser=False"],
+                            env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # bounded wait for the server to answer
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2); break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("JupyterLab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
+        yield url, token
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+def test_jupyterlab_explorer_responds_to_a_widget(browser, jupyterlab, tmp_path):
+    url, token = jupyterlab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/20_viz.ipynb?token={token}")
+    page.wait_for_function("""() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel &&
+               w.sessionContext.session.kernel.status === 'idle'; }""", timeout=180_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # the explorer cell loads the embedded model and scores induction heads; then its test cell sets layer 18 head 6
+    title = page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="layer 18 head 6")
+    title.first.wait_for(timeout=600_000)
+    page.screenshot(path=str(tmp_path / "lab_before.png"), full_page=True)
+    layer = page.locator(".widget-dropdown", has=page.locator("label", has_text="layer")).locator("select").first
+    layer.select_option("3")
+    page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="layer 3 head 6").first.wait_for(timeout=120_000)
+    page.screenshot(path=str(tmp_path / "lab_after.png"), full_page=True)

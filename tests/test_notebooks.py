@@ -1,0 +1,27 @@
+"The notebooks are the source: the package must be exactly what they export, and they must stay light."
+import filecmp, json, shutil, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_package_is_what_the_notebooks_export(tmp_path):
+    for name in ("nbs", "seqlab"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    before = {p.name: p.read_text() for p in (tmp_path / "seqlab").glob("*.py")}
+    subprocess.run([str(Path(sys.executable).parent / "nbdev-export")], cwd=tmp_path, check=True, capture_output=True)
+    after = {p.name: p.read_text() for p in (tmp_path / "seqlab").glob("*.py")}
+    stale = sorted(n for n in after if before.get(n) != after[n])
+    assert not stale, f"seqlab/ differs from what the notebooks export: {stale}; run nbdev-export and commit both"
+
+
+def test_notebooks_are_clean_and_small():
+    total = 0
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        size = nb.stat().st_size; total += size
+        assert size < 1_000_000, f"{nb.name} is {size / 1e6:.1f} MB; clear its large outputs (nbdev-clean) before committing"
+        cells = json.loads(nb.read_text())["cells"]
+        big = [i for i, c in enumerate(cells) for o in c.get("outputs", []) if len(json.dumps(o)) > 200_000]
+        assert not big, f"{nb.name} cells {big} carry outputs over 200 kB (figure or widget dumps)"
+    assert total < 5_000_000
