@@ -26,7 +26,7 @@ __all__ = ['PROBES', 'FORMS', 'EXT_KINDS', 'InductionConfig', 'repeated_random_t
            'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
            'full_vocab_scores', 'shift_model', 'ov_pairs_for_ids', 'SuccessorConfig', 'mod10_probe',
            'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss', 'SuccessorResult', 'run_successor',
-           'ngram_head_scores', 'dfa_sequences', 'repeated_word_sequences', 'NgramConfig', 'NgramResult', 'run_ngram']
+           'ngram_head_scores', 'regbench_texts', 'repeated_word_sequences', 'NgramConfig', 'NgramResult', 'run_ngram']
 
 # %% ../nbs/11_heads.ipynb #c004
 __all__ = ["InductionConfig", "InductionResult", "repeated_random_tokens", "induction_scores", "token_losses",
@@ -132,7 +132,7 @@ __all__ += ["FORMS", "EXT_KINDS", "roman_numerals", "ordinal_tasks", "OrdinalPai
             "folded_unembed", "stacked_ov", "head_inputs", "ov_outputs", "succession_scores", "full_vocab_scores",
             "shift_model", "ov_pairs_for_ids", "SuccessorConfig", "SuccessorResult", "mod10_probe", "arithmetic_success",
             "incrementation_prompts", "head_ablation_dloss", "run_successor",
-            "ngram_head_scores", "dfa_sequences", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram"]
+            "ngram_head_scores", "regbench_texts", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram"]
 
 # %% ../nbs/11_heads.ipynb #c021
 FORMS = ("space", "bare", "space_case", "bare_case")
@@ -538,30 +538,19 @@ def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tens
     return torch.stack(out, 2)
 
 # %% ../nbs/11_heads.ipynb #c047
-def dfa_sequences(n_seqs: int, seq_tokens: int, n_letters: int, generator: torch.Generator,
-                  states=(4, 12), edges=(1, 3), str_len=(1, 49)) -> list[list[int]]:
-    "Letter indices (0..n_letters-1) and separators (n_letters) from one simple random DFA per sequence (no minimisation)."
-    if n_letters < 4: raise BadInput(f"A DFA alphabet needs at least 4 letters, got {n_letters}.")
-    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=generator))       # inclusive bounds
-    seqs = []
-    for _ in range(n_seqs):
-        S = ri(*states)
-        alphabet = torch.randperm(n_letters, generator=generator)[:ri(4, n_letters)].tolist()
-        trans = {}
-        for s in range(S):
-            k = min(ri(*edges), len(alphabet), S - 1)
-            syms = torch.randperm(len(alphabet), generator=generator)[:k].tolist()
-            dests = [d for d in torch.randperm(S, generator=generator).tolist() if d != s][:k]   # no self-loops
-            trans[s] = [(alphabet[a], d) for a, d in zip(syms, dests)]
-        out = []
-        while len(out) < seq_tokens:
-            state, L = 0, ri(*str_len)
-            for _ in range(L):
-                sym, state = trans[state][int(torch.randint(0, len(trans[state]), (1,), generator=generator))]
-                out.append(sym)
-            out.append(n_letters)
-        seqs.append(out[:seq_tokens])
-    return seqs
+def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[str]:
+    "REGBENCH instances (one minimised, trimmed random DFA each, from `seqlab.icl`) as symbol strings of exactly `seq_tokens` symbols."
+    from seqlab.icl import REGBENCH_PRESETS, SEP, hopcroft_minimize, random_dfa, sample_instance, trim
+    if preset not in REGBENCH_PRESETS: raise BadInput(f"Unknown REGBENCH preset {preset!r}; use one of {list(REGBENCH_PRESETS)}.")
+    cfg, rng, out = REGBENCH_PRESETS[preset], np.random.default_rng(seed), []
+    while len(out) < n_seqs:
+        try: dfa = hopcroft_minimize(trim(random_dfa(rng, cfg.n_states, cfg.alphabet_size, cfg.out_degree)))
+        except BadInput: continue                    # a degenerate draw; take the next DFA
+        text = ""
+        while len(text) < seq_tokens:                # more strings of the same language until the window is full
+            text += (SEP if text else "") + sample_instance(dfa, cfg, rng)
+        out.append(text[:seq_tokens])
+    return out
 
 def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: int, generator: torch.Generator,
                             max_id: int = 8000) -> Int[Tensor, "n pos"]:
@@ -582,7 +571,7 @@ class NgramConfig:
     "How many sequences of each kind, their lengths, and which match lengths n to score."
     n_seqs: int = 24
     seq_tokens: int = 256         # REGBENCH-style sequence length in tokens (the brief caps instances at ~512)
-    n_letters: int = 18           # letters a..r, as REGBENCH
+    preset: str = "code"          # seqlab.icl.REGBENCH_PRESETS
     word_half_len: int = 96       # natural-looking: tokens per copy
     word_pool: int = 40           # distinct words per sequence, so short contexts also recur inside the first copy
     ns: tuple = (1, 2, 3)
@@ -615,7 +604,7 @@ class NgramResult(Result):
             for n in m["ns"]:
                 h = m["top"][d][str(n)][0]
                 rows.append([f"{d} n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
-        rows.append(["n-gram layer effect", "not run (needs the icll probe, issue 4)" if not m["ngram_layer"] else str(m["ngram_layer"])])
+        rows.append(["n-gram layer effect", "not measured yet (needs icll-trained lab models)" if not m["ngram_layer"] else str(m["ngram_layer"])])
         return rows
 
 # %% ../nbs/11_heads.ipynb #c050
@@ -632,13 +621,11 @@ def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
     if model.arch.kind != "attention": raise BadInput(f"The ngram probe needs an attention model; {model.name} is {model.arch.kind}.")
     if not cfg.ns or min(cfg.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {cfg.ns}.")
     t0 = time.time(); gen = seed_everything(cfg.seed)
-    letters = [chr(ord("a") + i) for i in range(cfg.n_letters)]
-    ids = [model.encode(" " + s) for s in letters + ["|"]]
-    if any(len(t) != 1 for t in ids):
-        bad = [s for s, t in zip(letters + ["|"], ids) if len(t) != 1]
-        raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the DFA prompts need single tokens.")
-    id_map = torch.tensor([t[0] for t in ids])
-    dfa = id_map[torch.tensor(dfa_sequences(cfg.n_seqs, cfg.seq_tokens, cfg.n_letters, gen))]
+    from seqlab.icl import LETTERS, SEP
+    ids = {c: model.encode(" " + c) for c in LETTERS + SEP}
+    bad = [c for c, t in ids.items() if len(t) != 1]
+    if bad: raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the REGBENCH prompts need single tokens.")
+    dfa = torch.tensor([[ids[c][0] for c in text] for text in regbench_texts(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)])
     words = repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)
     scores, top = {}, {}
     for d, toks in (("dfa", dfa), ("words", words)):
@@ -651,8 +638,7 @@ def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
     heads = [h for n in cfg.ns for h in top["dfa"][str(n)]]
     metrics = {"ns": list(cfg.ns), "heads": heads, "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
                "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
-               "ngram_layer": {}, "ngram_layer_note": "not measured: needs the icll training machinery (seqlab.icl, issue 4)",
-               "dfa_note": "simple random DFA without minimisation or trimming (seqlab.icl not available)",
+               "ngram_layer": {}, "ngram_layer_note": "not measured yet: needs icll-trained lab models (issue 4 training runs)",
                "n_seqs": cfg.n_seqs}
     return NgramResult("ngram", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
