@@ -1,6 +1,6 @@
 """Capture cost on the embedded model, as ratios to plain Hugging Face (SDPA) measured in the same run.
 
-    python bench/capture.py [--reps 3] [--shapes 8x256,1x2048] [--no-load] [--out DIR]
+    python bench/capture.py [--reps 3] [--shapes 8x256,1x2048] [--no-load] [--json PATH]
 
 Every measurement runs `--reps` times, interleaved with the others (so machine noise hits all of them alike);
 the median is reported. Peak memory is the largest resident-set growth seen by a 2 ms sampler during the call
@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--no-load", action="store_true", help="skip timing the first (dequantising) and cached loads")
     ap.add_argument("--everything-max-gb", type=float, default=6.0,
                     help="skip the bridge's cache-everything run where it would hold more than this")
-    ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--json", default="bench-results/capture.json", help="where to write the measurements")
     args = ap.parse_args()
 
     from seqlab import zoo
@@ -103,9 +103,9 @@ def main():
             rec[k] = {"median_s": med, "ratio": med / base, "peak_mb": peaks[k] / 2**20}
             print(f"[{shape}] {k:<42} {med:7.3f} s  {med / base:5.2f}x  peak +{peaks[k] / 2**20:,.0f} MB")
         results["shapes"][shape] = rec
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / "capture.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'capture.json'}")
+    out = Path(args.json); out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

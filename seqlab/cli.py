@@ -151,7 +151,9 @@ def _cmd_bench(args):
     rc = 0
     for s in scripts:
         print(f"== {s.name}", flush=True)
-        rc |= subprocess.call([sys.executable, str(s), "--out", str(args.out)])
+        # every benchmark takes --json PATH for its measurements (and prints its ratios)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        rc |= subprocess.call([sys.executable, str(s), "--json", str(Path(args.out) / f"{s.stem}.json")])
     return rc
 
 # %% ../nbs/30_cli.ipynb #c012

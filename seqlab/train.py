@@ -191,8 +191,10 @@ def list_checkpoints(root=None) -> list[dict]:
     for meta in sorted(root.glob("*/" + _META)) if root.is_dir() else []:
         try: r = json.loads(meta.read_text())
         except Exception: r = {"arch": "unreadable", "step": None}
+        spun = bool((r.get("meta") or {}).get("spun"))  # backdoored research models are always labelled
         out.append({"name": meta.parent.name, "path": str(meta.parent), "source": str(meta.parent),
-                    "arch": r.get("arch"), "step": r.get("step"), "state": f"{r.get('arch')} at step {r.get('step')}"})
+                    "arch": r.get("arch"), "step": r.get("step"), "spun": spun,
+                    "state": f"{r.get('arch')} at step {r.get('step')}" + (" (SPUN)" if spun else "")})
     return out
 
 # %% ../nbs/04_train.ipynb #c014

@@ -394,6 +394,12 @@ def load(name: str = EMBEDDED, device=None, progress: bool = True) -> LabModel:
         return load_checkpoint(p, device=device)
     if _is_hf_folder(p):
         return _load_hf(p, p.name, f"Hugging Face folder {p}", device)
+    if "/" not in name and not p.exists():
+        from seqlab.train import checkpoints_dir  # a lab checkpoint by name, e.g. 'toy-mamba2'
+        ck = checkpoints_dir() / name
+        if (ck / "seqlab.json").exists():
+            from seqlab.train import load_checkpoint
+            return load_checkpoint(ck, device=device)
     hub = _hub_snapshot(name)
     if hub is not None: return _load_hf(hub, name, f"Hugging Face cache {hub}", device)
     known = [m["name"] for m in list_models()]

@@ -29,7 +29,7 @@ def plot_summary(page):
     "For every plotly plot on the page: how many traces it drew and how many SVG elements it holds."
     return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
         traces: (d.data || []).length, svg: d.querySelectorAll('.main-svg *').length,
-        z: d.data && d.data[0] && d.data[0].z ? d.data[0].z.length : 0,
+        z: d._fullData && d._fullData[0] && d._fullData[0].z ? d._fullData[0].z.length : 0,
         title: (d.querySelector('.gtitle') || {}).textContent || ''}))""")
 
 
