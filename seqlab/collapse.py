@@ -130,6 +130,7 @@ class CollapseConfig:
     forget_horizon: float = 1.0            # ForgetMore: alpha_max = exp(-1 / (forget_horizon * T))
     norm_quantile: float = 0.99            # StateNorm: tau_h = this quantile of ||h||_F within T on held-out text
     window_mult: float = 1.0               # StateWindow: r = window_mult * T (rounded to chunks)
+    repeated_sentence: str = "the old king sees a red boat. "   # the repeated-sentence prompt
     piece_len: int = 1024                  # streaming piece (a multiple of chunk_size)
     n_threads: int = 1                     # torch threads during run (0: leave as is); 1 is fastest on a shared 2-core box
     progress: bool = True
@@ -439,8 +440,11 @@ def _describe(model: Mamba2, cfg: CollapseConfig, T: int, seed: int) -> dict:
     text = measure_stream(model, _text_tokens(cfg.n_eval, L, seed), cfg.piece_len)
     rep = collapse_tokenizer().encode(" ")[0]
     degen = measure_stream(model, torch.full((1, L), rep), cfg.piece_len, stats=True)
+    # the paper's second degenerate prompt: one short in-distribution sentence repeated
+    sent = collapse_tokenizer().encode(cfg.repeated_sentence)
+    repeated = measure_stream(model, torch.tensor([(sent * (L // len(sent) + 1))[:L]]), cfg.piece_len, stats=False)
     out = {}
-    for key, r in (("text", text), ("degenerate", degen)):
+    for key, r in (("text", text), ("degenerate", degen), ("repeated_sentence", repeated)):
         buckets = loss_by_bucket(r["nll"], T // 2)
         lin = in_length_loss(r["nll"], T)
         out[key] = {"loss_vs_position": buckets, "in_length_loss": lin,
@@ -529,6 +533,7 @@ def run(model=None, cfg: CollapseConfig | None = None) -> CollapseResult:
         "in_length_loss": {T: d["text"]["in_length_loss"] for T, d in desc.items()},
         "loss_at_16x": {T: d["text"]["loss_at_16x"] for T, d in desc.items()},
         "degenerate": {T: d["degenerate"] for T, d in desc.items()},
+        "repeated_sentence": {T: d["repeated_sentence"] for T, d in desc.items()},
         "state_rms": {T: d["state_rms"] for T, d in desc.items()},
         "heads": {T: d["heads"] for T, d in desc.items()},
         "long_memory_heads": {T: d["long_memory_heads"] for T, d in desc.items()},
