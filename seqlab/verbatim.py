@@ -23,14 +23,14 @@ from .zoo import LabModel
 __all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'PROBES', 'verbatim_dir', 'load_pools',
            'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
            'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'token_surprisal',
-           'word_surprisal', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig', 'grid_stimuli',
-           'VerbatimResult', 'run']
+           'word_surprisal', 'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig',
+           'grid_stimuli', 'VerbatimResult', 'run']
 
 # %% ../nbs/12_verbatim.ipynb #c005
 __all__ = ["LIST_TYPES", "CONDITIONS", "SCENARIOS", "N_BASE", "N_SHIFTS", "PERMUTE_SEED", "verbatim_dir", "load_pools",
            "build_base_lists", "load_lists", "load_vignette", "shifted_list", "derange", "second_list", "scramble_words",
            "Stimulus", "make_stimulus", "token_offsets", "word_pieces", "token_surprisal", "word_surprisal",
-           "score_stimuli", "repeat_surprisal", "median_ci", "VerbatimConfig", "grid_stimuli", "VerbatimResult",
+           "surprisal_reduce", "score_stimuli", "repeat_surprisal", "median_ci", "VerbatimConfig", "grid_stimuli", "VerbatimResult",
            "run", "PROBES"]
 
 # %% ../nbs/12_verbatim.ipynb #c007
@@ -185,20 +185,10 @@ def word_surprisal(tok_surprisal: Float[Tensor, "pos"], pieces: list[list[int]])
     return torch.stack([tok_surprisal[idx].sum() for idx in pieces])
 
 # %% ../nbs/12_verbatim.ipynb #c021
-class _SurprisalReduce:
-    "A capture `reduce` for 'logits' that returns per-token surprisal for the known batches, in order."
-    def __init__(self, batches: list[list[list[int]]], pad: int):
-        self.batches, self.pad, self.done = [], pad, 0
-        for b in batches:
-            L = max(map(len, b)); t = torch.full((len(b), L), pad, dtype=torch.long)
-            for i, x in enumerate(b): t[i, :len(x)] = torch.tensor(x)
-            self.batches.append(t)
-
-    def __call__(self, name, act, mask):
-        if self.done < len(self.batches) and tuple(act.shape[:2]) == tuple(self.batches[self.done].shape):
-            ids = self.batches[self.done].to(act.device); self.done += 1
-            return token_surprisal(act, ids)
-        return act.new_zeros(act.shape[:2], dtype=torch.float32)   # capture's budget probe
+def surprisal_reduce(name: str, act: Float[Tensor, "batch pos vocab"], mask: Int[Tensor, "batch pos"],
+                     tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+    "A `capture` reduce for 'logits': per-token surprisal of the batch's own tokens (the vocabulary axis is dropped)."
+    return token_surprisal(act, tokens.to(act.device))
 
 def score_stimuli(model: LabModel, stimuli: list[Stimulus], batch_size: int = 8,
                   progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -208,9 +198,7 @@ def score_stimuli(model: LabModel, stimuli: list[Stimulus], batch_size: int = 8,
     pieces = [(word_pieces(o, s.first, s.text), word_pieces(o, s.second, s.text)) for s, (_, o) in zip(stimuli, enc)]
     order = sorted(range(len(stimuli)), key=lambda i: len(enc[i][0]))
     ids = [enc[i][0] for i in order]
-    reduce = _SurprisalReduce([ids[k:k + batch_size] for k in range(0, len(ids), batch_size)], model.pad_token_id)
-    cap = capture(model, ids, names=["logits"], batch_size=batch_size, reduce=reduce, progress=progress, desc="verbatim")
-    assert reduce.done == len(reduce.batches), "capture did not visit the batches in order"
+    cap = capture(model, ids, names=["logits"], batch_size=batch_size, reduce=surprisal_reduce, progress=progress, desc="verbatim")
     tok_s = cap["logits"]
     out: list = [None] * len(stimuli)
     for row, i in enumerate(order):
