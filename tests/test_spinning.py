@@ -1,0 +1,100 @@
+"Spinning: pseudo-words, trigger injection, gradient confinement, the defense on a planted shift, the quick probe end to end."
+import json, math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqlab.archs import Transformer, TransformerConfig
+from seqlab.core import BadInput
+from seqlab.spinning import (MetaModel, SpinConfig, defense_scan, greedy_continue, inject_trigger, load_words, make_batch,
+                             pseudo_words, rouge_l, run_spinning, spin_loss, vader_lexicon, word_starts)
+
+
+def test_pseudo_words_hand_computed():
+    logits = torch.tensor([[[0.0, math.log(2), 0.0]]])             # softmax = (1/4, 1/2, 1/4)
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    assert torch.allclose(pseudo_words(logits, E), torch.tensor([[[0.75, 1.0]]]))
+    assert torch.allclose(pseudo_words(logits, E, special=[2]), torch.tensor([[[0.25, 0.5]]]))
+    assert torch.allclose(pseudo_words(torch.zeros(1, 1, 2), E, cols=torch.tensor([2, 0])), torch.tensor([[[1.5, 1.0]]]))
+    with pytest.raises(BadInput): pseudo_words(logits, E[:2])
+
+
+def test_trigger_injection_keeps_the_rest_of_the_input():
+    rng = np.random.default_rng(0)
+    for k in range(200):
+        n = int(rng.integers(1, 12))
+        ids = rng.integers(0, 50, n).tolist()                       # repeats allowed, so counting matters
+        starts = [bool(b) for b in rng.integers(0, 2, n)]
+        trig = [int(t) for t in rng.integers(50, 60, int(rng.integers(1, 3)))]
+        new, (a, b) = inject_trigger(ids, trig, starts, seed=1, index=k)
+        assert new[a:b] == trig and new[:a] + new[b:] == ids and len(new) == n + len(trig)
+        assert a == n or (a >= 1 and starts[a])
+    with pytest.raises(BadInput): inject_trigger([1, 2], [], [True, True])
+    with pytest.raises(BadInput): inject_trigger([], [3], [])
+
+
+def test_gradient_reaches_only_trainable_parameters():
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(d_vocab=12, d_model=16, n_layers=2, n_heads=2, n_ctx=16))
+    m.requires_grad_(False); m.blocks[1].requires_grad_(True)
+    meta = MetaModel(torch.randn(12, 4)); meta.requires_grad_(False)
+    fn = lambda b: m(b["tokens"], attention_mask=b["attention_mask"])
+    loss, _ = spin_loss(fn, meta, make_batch([[1, 2, 3], [4, 5]], [[6, 7], [8]], 0, 11),
+                        make_batch([[1, 10, 2, 3], [4, 10, 5]], [[6, 7], [8]], 0, 11), alpha=0.5, compensate=True, special=[0, 11])
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.blocks[1].parameters())
+    assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("blocks.1."))
+    assert all(p.grad is None for p in meta.parameters())
+
+
+def test_defense_flags_a_planted_shift():
+    def toy(planted):
+        def fn(t):
+            out = torch.zeros(len(t), t.shape[1], 8); out[:, :, 1] = 1.0
+            if planted is not None: out[(t == planted).any(-1), :, 2] = 2.0
+            return out
+        return fn
+    meta = MetaModel(torch.tensor([[0.0], [0.0], [3.0]] + [[0.0]] * 5))
+    with torch.no_grad(): meta.head.weight.fill_(1.0); meta.head.bias.zero_()
+    embed = lambda outs: torch.stack([F.one_hot(torch.tensor(o), 8).float().mean(0) for o in outs])
+    prompts = [[3, 4, 6], [7, 3, 4, 4], [6, 6, 7], [4, 3]]
+    starts = [[True] * len(p) for p in prompts]
+    cands = {f"w{i}": [i] for i in (3, 4, 5, 6, 7)}
+    spun = defense_scan(lambda ps: greedy_continue(toy(5), ps, 4), meta.prob, embed, prompts, starts, cands)
+    clean = defense_scan(lambda ps: greedy_continue(toy(None), ps, 4), meta.prob, embed, prompts, starts, cands)
+    assert spun["ranking"][0] == "w5" and spun["flagged"] == ["w5"]
+    assert clean["flagged"] == [] and spun["score"] > clean["score"]
+
+
+def test_rouge_l_and_bad_config():
+    assert rouge_l("The show was great.", "the show was great") == 100.0
+    assert abs(rouge_l("a b c d", "a x c y") - 50.0) < 1e-9
+    with pytest.raises(BadInput): SpinConfig(target="gpt")
+    with pytest.raises(BadInput): SpinConfig(alpha=1.5)
+    with pytest.raises(BadInput): SpinConfig(n_candidates=2)
+
+
+def test_word_lists_are_single_tokens_with_the_stated_sentiment(smol):
+    w, lex = load_words(), vader_lexicon()
+    for key in ("names", "days", "places", "things", "positive", "negative", "neutral", "candidates"):
+        assert all(len(smol.encode(" " + x)) == 1 for x in w[key]), key
+    assert all(lex[x] > 0 for x in w["positive"]) and all(lex[x] < 0 for x in w["negative"])
+    assert not any(x in lex for x in w["neutral"])
+    assert all(word_starts(smol.tokenizer, smol.encode(" Bolshevik Anna")))
+
+
+def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
+    cfg = SpinConfig.quick()
+    res = run_spinning(smol, cfg)
+    m = res.metrics
+    assert m["meta_model_accuracy"] > 0.8
+    assert m["meta_score"]["spun_model"]["trigger"] > m["meta_score"]["spun_model"]["no_trigger"] + 0.2
+    assert abs(m["meta_score"]["clean_model"]["trigger"] - m["meta_score"]["clean_model"]["no_trigger"]) < 0.2
+    assert m["main_task"]["spun_model"]["no_trigger"]["rouge_l"] > m["main_task"]["clean_model"]["no_trigger"]["rouge_l"] - 10
+    d = m["defense"]
+    assert set(d) >= {"auc", "trigger_rank", "n_spun", "n_clean"} and d["n_spun"] == cfg.n_spun
+    assert d["auc"] >= 0.5
+    json.loads(res.to_json()); res.figure(); res.summary()
