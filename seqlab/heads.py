@@ -372,7 +372,7 @@ def arithmetic_success(model: LabModel, layer: int, head: int, ext: Float[Tensor
         for t, v in zip(s["ids"], s["index"]): tok_task.setdefault(t, s["task"]); tok_index.setdefault(t, v)
     task_of = np.array([tok_task[t] for t in token_ids.tolist()]); idx = torch.tensor([tok_index[t] for t in token_ids.tolist()])
     W_V, W_O, norm = model.W_V(layer)[head].float(), model.W_O(layer)[head].float(), model.ln1(layer)
-    hits = trials = 0; per_task = {}
+    hits = trials = 0; per_task = {}; chance = []
     for name, s in pairs.subtasks.items():
         others = torch.tensor(task_of != s["task"])
         mu = torch.stack([ext[others & (idx % 10 == r)].mean(0) if (others & (idx % 10 == r)).any() else torch.full((ext.shape[1],), float("nan"))
@@ -388,8 +388,9 @@ def arithmetic_success(model: LabModel, layer: int, head: int, ext: Float[Tensor
         if not edits: continue
         pred = (norm(torch.stack(edits)).float() @ W_V @ W_O @ Wc).argmax(-1)
         ok = (pred == torch.tensor(want)).float()
-        per_task[name] = ok.mean().item(); hits += ok.sum().item(); trials += len(ok)
-    return {"success_rate": hits / trials if trials else float("nan"), "n_edits": trials, "per_subtask": per_task}
+        per_task[name] = ok.mean().item(); hits += ok.sum().item(); trials += len(ok); chance += [1 / len(cols)] * len(ok)
+    return {"success_rate": hits / trials if trials else float("nan"), "n_edits": trials, "per_subtask": per_task,
+            "chance": float(np.mean(chance)) if chance else float("nan")}
 
 # %% ../nbs/11_heads.ipynb #c040
 def incrementation_prompts(model: LabModel, tasks: dict[str, dict], n_per_task: int, run_len: int,
@@ -458,7 +459,7 @@ class SuccessorResult(Result):
                 ["chance (pooled)", round(m["chance_pooled"], 3)]]
         rows += [[f"best head, ext={k}", f"L{v['best']['layer']}H{v['best']['head']} {v['best']['score']:.3f}"] for k, v in m["variants"].items()]
         rows += [["mod-10 probe (leave-one-task-out)", round(m["mod10"]["mean_accuracy"], 3)],
-                 ["arithmetic success", round(m["arithmetic_success"], 3)],
+                 ["arithmetic success (chance)", f"{m['arithmetic_success']:.3f} ({m['arithmetic']['chance']:.3f})"],
                  ["ablation dloss: best / random head", f"{m['ablation']['best']:.3f} / {m['ablation']['random']:.3f}"]]
         return rows
 
@@ -494,6 +495,8 @@ def run_successor(model: LabModel, cfg: SuccessorConfig = SuccessorConfig()) -> 
     bl, bh = top[0]
     per_task = {k: {"score": v[bl, bh].item(), "chance": 1 / len(pairs.subtasks[k]["ids"]), "pairs": len(pairs.subtasks[k]["pairs"])}
                 for k, v in main["per_subtask"].items()}
+    space = [v for k, v in per_task.items() if k.endswith("/space")]   # the reference's form only, for comparison with the paper
+    space_score = sum(v["score"] * v["pairs"] for v in space) / max(sum(v["pairs"] for v in space), 1)
     # mod-10 and arithmetic on the ranking extended embedding (layer-specific for 'actual')
     x = main_ext[bl if main_ext.shape[0] > 1 else 0]
     idx_of = {}; task_of = {}
@@ -514,7 +517,7 @@ def run_successor(model: LabModel, cfg: SuccessorConfig = SuccessorConfig()) -> 
                 "n_prompts": len(prompts)}
     metrics = {"ext": cfg.ext, "heads": ranked, "n_pairs": pairs.n_pairs, "dropped_pairs": pairs.dropped_pairs,
                "validity": pairs.table(), "chance_pooled": main["chance_pooled"], "chance_macro": main["chance_macro"],
-               "best": {**ranked[0], "macro": main["macro"][bl, bh].item()},
+               "best": {**ranked[0], "macro": main["macro"][bl, bh].item(), "space_forms_only": space_score},
                "per_task": per_task, "variants": variants, "scores": scores, "mod10": mod10,
                "arithmetic_success": arith["success_rate"], "arithmetic": arith, "ablation": ablation,
                "heads_above_0.4": int((main["pooled"] > 0.4).sum())}
