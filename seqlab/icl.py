@@ -21,16 +21,23 @@ from torch import Tensor
 from .core import BadInput, Probe, Result, SeqlabError, atomic_dir, get_device, seed_everything, seqlab_home
 
 # %% auto #0
-__all__ = ['LETTERS', 'SEP', 'PAD', 'REGBENCH_PRESETS', 'DFA', 'random_dfa', 'trim', 'hopcroft_minimize', 'moore_classes',
-           'canonical_key', 'accepts_same_up_to', 'RegbenchConfig', 'sample_string', 'sample_instance', 'ReferenceDFA',
-           'reference_dedup_survivors', 'make_splits', 'icll_tokenizer', 'dfa_next_dists', 'ngram_backoff_dists',
-           'icll_scores']
+__all__ = ['LETTERS', 'SEP', 'PAD', 'REGBENCH_PRESETS', 'PROBES', 'DFA', 'random_dfa', 'trim', 'hopcroft_minimize',
+           'moore_classes', 'canonical_key', 'accepts_same_up_to', 'RegbenchConfig', 'sample_string', 'sample_instance',
+           'ReferenceDFA', 'reference_dedup_survivors', 'make_splits', 'icll_tokenizer', 'dfa_next_dists',
+           'ngram_backoff_dists', 'icll_scores', 'ICLLConfig', 'zero_shot_ids', 'ICLLResult', 'run_icll',
+           'RegressionConfig', 'sample_regression', 'least_squares_predictions', 'ridge_predictions',
+           'averaging_predictions', 'knn_predictions', 'error_curve', 'bootstrap_band', 'interleave',
+           'InContextRegressor', 'lsa_predict', 'lsa_init', 'lsa_gamma', 'train_lsa', 'skewed_covariance',
+           'RegressionResult', 'run_icl_regression']
 
 # %% ../nbs/10_icl.ipynb #c005
 __all__ = ["DFA", "random_dfa", "hopcroft_minimize", "moore_classes", "trim", "canonical_key", "accepts_same_up_to",
            "RegbenchConfig", "REGBENCH_PRESETS", "sample_string", "sample_instance", "make_splits", "ReferenceDFA",
            "reference_dedup_survivors", "LETTERS", "SEP", "PAD", "icll_tokenizer", "dfa_next_dists",
-           "ngram_backoff_dists", "icll_scores"]
+           "ngram_backoff_dists", "icll_scores", "ICLLConfig", "zero_shot_ids", "ICLLResult", "run_icll",
+           "RegressionConfig", "sample_regression", "least_squares_predictions", "ridge_predictions", "averaging_predictions",
+           "knn_predictions", "error_curve", "bootstrap_band", "interleave", "InContextRegressor", "lsa_predict", "lsa_init",
+           "lsa_gamma", "train_lsa", "skewed_covariance", "RegressionResult", "run_icl_regression", "PROBES"]
 
 # %% ../nbs/10_icl.ipynb #c007
 @dataclasses.dataclass(frozen=True)
@@ -329,3 +336,529 @@ def _aggregate(per_instance: list[dict], max_pos: int) -> dict:
         for r, d in enumerate(per_instance): M[r, : min(max_pos, len(d[k]))] = d[k][:max_pos]
         out[f"{k}_by_position"] = torch.nanmean(M, 0).tolist()
     return out
+
+# %% ../nbs/10_icl.ipynb #c036
+@dataclasses.dataclass
+class ICLLConfig:
+    "REGBENCH data (inclusive ranges; defaults = the reference code), model sizes, training budget, evaluation."
+    n_states: tuple = (4, 12)
+    alphabet_size: tuple = (4, 18)
+    out_degree: tuple = (1, 3)
+    n_strings: tuple = (10, 19)
+    string_len: tuple = (1, 49)
+    max_chars: int = 512                    # instances capped at 512 symbols (the research brief's CPU plan)
+    train_sizes: tuple = (1000, 2500, 5000)
+    n_val: int = 200
+    n_test: int = 500                       # the reference evaluates 500 test instances
+    archs: tuple = ("transformer", "lstm", "mamba2", "mamba2+ngram")
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    steps: int = 4000                       # the same number of updates for every architecture and size
+    batch_size: int = 32                    # the reference's batch size
+    lr: float = 1e-3
+    weight_decay: float = 0.1               # the reference's AdamW weight decay
+    eval_batch_size: int = 32
+    n_zero_shot: int = 100                  # test instances for the embedded model (0: skip)
+    zero_shot_max_chars: int = 256          # ~512 tokens of the embedded model's text format
+    progress: bool = True
+    seed: int = 0
+
+    @classmethod
+    def quick(cls):
+        # CPU smoke scale: short strings so that one 96-symbol instance still holds ~10 of them; two sizes
+        return cls(string_len=(1, 9), max_chars=96, train_sizes=(100, 400), n_val=16, n_test=32, d_model=32,
+                   steps=150, batch_size=16, lr=3e-3, n_zero_shot=12, zero_shot_max_chars=96, progress=False)
+
+    def regbench(self) -> RegbenchConfig:
+        return RegbenchConfig(self.n_states, self.alphabet_size, self.out_degree, self.n_strings, self.string_len, self.max_chars)
+
+    def __post_init__(self):
+        self.regbench()
+        self.train_sizes, self.archs = tuple(sorted(self.train_sizes)), tuple(self.archs)
+        bad = [a for a in self.archs if a not in _ICLL_ARCHS]
+        if bad: raise BadInput(f"Unknown ICLL architectures {bad}; choose from {sorted(_ICLL_ARCHS)}.")
+        if not self.train_sizes or self.train_sizes[0] < 1: raise BadInput(f"train_sizes must be positive, got {self.train_sizes}.")
+        if self.n_test < 1: raise BadInput(f"n_test must be >= 1, got {self.n_test}.")
+
+_ICLL_ARCHS = {"transformer": "Transformer", "transformer-learned": "Transformer", "lstm": "LSTM", "mamba2": "Mamba2",
+               "mamba2+ngram": "Mamba2", "lstm+ngram": "LSTM"}
+
+def _icll_model_config(name: str, cfg: ICLLConfig, d_vocab: int):
+    from seqlab.archs import LSTMConfig, Mamba2Config, TransformerConfig
+    ngram = tuple((l, l + 1) for l in range(min(cfg.n_layers, 2))) if name.endswith("+ngram") else ()
+    if name.startswith("transformer"):
+        return TransformerConfig(d_vocab=d_vocab, n_ctx=cfg.max_chars, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                                 n_heads=cfg.n_heads, positional="learned" if name.endswith("learned") else "rope")
+    if name.startswith("lstm"): return LSTMConfig(d_vocab=d_vocab, d_model=cfg.d_model, n_layers=cfg.n_layers, ngram_layers=ngram)
+    return Mamba2Config(d_vocab=d_vocab, d_model=cfg.d_model, n_layers=cfg.n_layers, d_head=16, d_state=16,
+                        chunk_size=64, ngram_layers=ngram)
+
+def _key(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+def _encode_instances(texts: list[str], tok, length: int) -> dict:
+    ids = torch.full((len(texts), length), tok.pad_token_id, dtype=torch.long)
+    for r, t in enumerate(texts): ids[r, : len(t)] = torch.tensor(tok.encode(t))
+    am = (ids != tok.pad_token_id).long()
+    letters = torch.zeros(tok.vocab_size, dtype=torch.bool); letters[[tok.index[c] for c in LETTERS]] = True
+    return {"tokens": ids, "attention_mask": am, "loss_mask": letters[ids].long()}   # targets: letters only
+
+# %% ../nbs/10_icl.ipynb #c037
+def _train_icll_model(name: str, cfg: ICLLConfig, train_texts: list[str], tok, data_key: str):
+    "Train (or load from the cache) one architecture on `train_texts`; returns the model in eval mode."
+    from seqlab.archs import build_model
+    from seqlab.train import TrainConfig, batches_from_tokens, checkpoints_dir, train
+    mcfg = _icll_model_config(name, cfg, tok.vocab_size)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, eval_every=0, seed=cfg.seed,
+                       progress=cfg.progress)
+    torch.manual_seed(cfg.seed)
+    model = build_model(_ICLL_ARCHS[name], mcfg)
+    out = checkpoints_dir() / f"icll-{name}-n{len(train_texts)}-{_key([data_key, dataclasses.asdict(mcfg), dataclasses.asdict(tcfg)])}"
+    enc = _encode_instances(train_texts, tok, cfg.max_chars)
+    data = batches_from_tokens(enc["tokens"], cfg.batch_size, seed=cfg.seed, loss_mask=enc["loss_mask"],
+                               attention_mask=enc["attention_mask"])
+    train(model, data, tcfg, out=out, tokenizer=tok, meta={"probe": "icll", "arch": name, "n_train": len(train_texts)})
+    return model.eval()
+
+@torch.no_grad()
+def _letter_probs(model, rows: list[dict], tok, cfg: ICLLConfig) -> list[Tensor]:
+    "Each instance's next-letter distributions [len-1, 18] (softmax restricted to the letters)."
+    device = next(model.parameters()).device
+    letter_ids = torch.tensor([tok.index[c] for c in LETTERS])
+    out = []
+    for s in range(0, len(rows), cfg.eval_batch_size):
+        chunk = rows[s:s + cfg.eval_batch_size]
+        enc = _encode_instances([r["text"] for r in chunk], tok, max(len(r["text"]) for r in chunk))
+        logits = model(enc["tokens"].to(device), attention_mask=enc["attention_mask"].to(device)).float().cpu()
+        probs = logits[..., letter_ids].softmax(-1)
+        out += [probs[b, : len(r["text"]) - 1] for b, r in enumerate(chunk)]
+    return out
+
+def _score_rows(rows: list[dict], probs: list[Tensor], truth: list[tuple]) -> list[dict]:
+    return [icll_scores(p, P, sc) for p, (P, sc) in zip(probs, truth)]
+
+# %% ../nbs/10_icl.ipynb #c039
+def zero_shot_ids(model, text: str) -> tuple[list[int], Tensor]:
+    "Token ids of `text` in the spaced format, and the ids of the 18 spaced letters; BadInput if not one token each."
+    def one(s):
+        ids = model.encode(s)
+        if len(ids) != 1: raise BadInput(f"{s!r} is {len(ids)} tokens in {model.name}'s tokenizer; the zero-shot ICLL format needs one token per symbol.")
+        return ids[0]
+    spaced = {c: one(" " + c) for c in LETTERS + SEP}
+    ids = [one(text[0])] + [spaced[c] for c in text[1:]]
+    formatted = " ".join(text)
+    if model.encode(formatted) != ids:
+        raise BadInput(f"{model.name} tokenises {formatted[:40]!r}... differently from one token per symbol; cannot align positions.")
+    return ids, torch.tensor([spaced[c] for c in LETTERS])
+
+def _zero_shot(model, rows: list[dict], cfg: ICLLConfig):
+    from seqlab.capture import capture
+    seqs, letter_ids = [], None
+    for r in rows:
+        ids, letter_ids = zero_shot_ids(model, r["text"]); seqs.append(ids)
+    def reduce(name, act, mask):
+        # keep the 18 letter logits and the full-vocabulary argmax, never [batch, pos, 49152]
+        return torch.cat([act[..., letter_ids.to(act.device)].float(), act.argmax(-1, keepdim=True).float()], -1)
+    cap = capture(model, seqs, ["logits"], batch_size=4, reduce=reduce, progress=cfg.progress)
+    red = cap["logits"]
+    probs, strict = [], []
+    for b, r in enumerate(rows):
+        L = len(r["text"])
+        probs.append(red[b, : L - 1, :18].softmax(-1))
+        top = red[b, : L - 1, 18].long()
+        # strict: the full-vocabulary argmax is a letter token, and that letter is valid
+        is_letter = (top[:, None] == letter_ids[None]).any(-1)
+        letter_idx = (top[:, None] == letter_ids[None]).float().argmax(-1)
+        strict.append((is_letter, letter_idx))
+    return probs, strict
+
+# %% ../nbs/10_icl.ipynb #c041
+@dataclasses.dataclass
+class ICLLResult(Result):
+    "Greedy-validity accuracy and TVD of every model and baseline; vs training-set size and vs position."
+
+    def figure(self):
+        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go
+        m = self.metrics
+        fig = make_subplots(1, 2, subplot_titles=("test accuracy vs training instances", "accuracy vs position (largest size)"))
+        colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+        for i, (name, accs) in enumerate(m["accuracy_by_size"].items()):
+            fig.add_trace(go.Scatter(x=m["train_sizes"], y=accs, name=name, mode="lines+markers", legendgroup=name,
+                                     line=dict(color=colors[i % len(colors)])), 1, 1)
+            fig.add_trace(go.Scatter(y=m["accuracy_by_position"][name], name=name, legendgroup=name, showlegend=False,
+                                     line=dict(color=colors[i % len(colors)])), 1, 2)
+        for name, b in m["baselines"].items():
+            dash = {"1gram": "dot", "2gram": "dashdot", "3gram": "dash"}[name]
+            fig.add_hline(y=b["accuracy"], line=dict(dash=dash, color="gray"), annotation_text=f"in-context {name}", row=1, col=1)
+            fig.add_trace(go.Scatter(y=m["baseline_accuracy_by_position"][name], name=f"in-context {name}",
+                                     line=dict(dash=dash, color="gray")), 1, 2)
+        if "zero_shot" in m:
+            fig.add_trace(go.Scatter(y=m["zero_shot"]["accuracy_by_position"], name=f"{self.model} zero-shot (letters)",
+                                     line=dict(color="black")), 1, 2)
+        fig.update_xaxes(type="log", title_text="training instances", row=1, col=1)
+        fig.update_xaxes(title_text="position in instance (symbols)", row=1, col=2)
+        fig.update_yaxes(title_text="greedy-validity accuracy", range=[0, 1.02])
+        fig.update_layout(height=480, title="In-context language learning (REGBENCH-style); oracle = 1")
+        return fig
+
+    def summary(self):
+        m = self.metrics
+        rows = [[f"{k} accuracy / TVD", f"{m['accuracy'][k]:.3f} / {m['tvd'][k]:.3f}"] for k in m["accuracy"]]
+        rows += [[f"in-context {k} accuracy / TVD", f"{v['accuracy']:.3f} / {v['tvd']:.3f}"] for k, v in m["baselines"].items()]
+        if "zero_shot" in m: rows.append([f"{self.model} zero-shot strict accuracy", f"{m['zero_shot']['strict_accuracy']:.3f}"])
+        rows.append(["duplicate automata dropped", m["n_duplicates"]])
+        return rows
+
+def run_icll(model, cfg: ICLLConfig = ICLLConfig()) -> ICLLResult:
+    "Train the lab's architectures on REGBENCH-style data; score them, the n-gram baselines and `model` zero-shot."
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    rb = cfg.regbench()
+    sizes = {"train": max(cfg.train_sizes), "val": cfg.n_val, "test": cfg.n_test}
+    data = make_splits(sizes, rb, seed=cfg.seed)
+    sp = data["splits"]
+    data_key = _key([dataclasses.asdict(rb), sizes, cfg.seed])
+    truth = {k: [dfa_next_dists(r["dfa"], r["text"]) for r in v] for k, v in sp.items()}
+    L = cfg.max_chars - 1
+    metrics: dict = {"accuracy": {}, "tvd": {}, "l1": {}, "val_accuracy": {}, "accuracy_by_size": {}, "tvd_by_size": {},
+                     "accuracy_by_position": {}, "tvd_to_3gram": {}, "n_params": {}}
+    # baselines from the prompt alone
+    metrics["baselines"], metrics["baseline_accuracy_by_position"] = {}, {}
+    ngram = {}
+    for n in (1, 2, 3):
+        ngram[n] = [ngram_backoff_dists(r["text"], n) for r in sp["test"]]
+        agg = _aggregate(_score_rows(sp["test"], ngram[n], truth["test"]), L)
+        metrics["baselines"][f"{n}gram"] = {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "l1": agg["l1"]}
+        metrics["baseline_accuracy_by_position"][f"{n}gram"] = agg["accuracy_by_position"]
+    oracle = _aggregate(_score_rows(sp["test"], [P for P, _ in truth["test"]], truth["test"]), L)
+    metrics["baselines_oracle"] = {"accuracy": oracle["accuracy"], "tvd": oracle["tvd"]}
+    scored = [sc for _, sc in truth["test"]]
+    def tvd_between(pa, pb):
+        v = torch.cat([((a - b).abs().sum(-1) / 2)[s] for a, b, s in zip(pa, pb, scored)])
+        return float(v.mean())
+    metrics["tvd_3gram_to_dfa"] = metrics["baselines"]["3gram"]["tvd"]
+    # the lab's models, same data and budget
+    tok = icll_tokenizer()
+    for name in cfg.archs:
+        metrics["accuracy_by_size"][name], metrics["tvd_by_size"][name] = [], []
+        for n_train in cfg.train_sizes:
+            net = _train_icll_model(name, cfg, [r["text"] for r in sp["train"][:n_train]], tok, data_key)
+            probs = _letter_probs(net, sp["test"], tok, cfg)
+            agg = _aggregate(_score_rows(sp["test"], probs, truth["test"]), L)
+            metrics["accuracy_by_size"][name].append(agg["accuracy"]); metrics["tvd_by_size"][name].append(agg["tvd"])
+        # the largest size is the headline
+        metrics["accuracy"][name], metrics["tvd"][name], metrics["l1"][name] = agg["accuracy"], agg["tvd"], agg["l1"]
+        metrics["accuracy_by_position"][name] = agg["accuracy_by_position"]
+        metrics["tvd_to_3gram"][name] = tvd_between(probs, ngram[3])
+        metrics["n_params"][name] = sum(p.numel() for p in net.parameters())
+        if cfg.n_val:
+            metrics["val_accuracy"][name] = _aggregate(_score_rows(sp["val"], _letter_probs(net, sp["val"], tok, cfg), truth["val"]), L)["accuracy"]
+    # the embedded (or given) pretrained model, zero-shot on the first test instances, cut to its length cap
+    if cfg.n_zero_shot:
+        rows = [dict(r, text=r["text"][: cfg.zero_shot_max_chars]) for r in sp["test"][: cfg.n_zero_shot]]
+        tr = [dfa_next_dists(r["dfa"], r["text"]) for r in rows]
+        probs, strict = _zero_shot(model, rows, cfg)
+        agg = _aggregate(_score_rows(rows, probs, tr), cfg.zero_shot_max_chars - 1)
+        ok = torch.cat([(is_l & (P.gather(-1, idx[:, None])[:, 0] > 0))[sc] for (is_l, idx), (P, sc) in zip(strict, tr)])
+        base = {f"{n}gram": _aggregate(_score_rows(rows, [ngram_backoff_dists(r["text"], n) for r in rows], tr),
+                                       cfg.zero_shot_max_chars - 1)["accuracy"] for n in (2, 3)}
+        metrics["zero_shot"] = {"model": getattr(model, "name", str(model)), "restricted_accuracy": agg["accuracy"],
+                                "strict_accuracy": float(ok.float().mean()), "tvd": agg["tvd"],
+                                "accuracy_by_position": agg["accuracy_by_position"], "baseline_accuracy": base,
+                                "n_instances": len(rows)}
+    metrics.update(train_sizes=list(cfg.train_sizes), n_duplicates=data["n_duplicates"], n_automata_drawn=data["n_drawn"],
+                   reference_dedup_would_keep=data["n_drawn"],
+                   n_test=len(sp["test"]), steps=cfg.steps, batch_size=cfg.batch_size)
+    return ICLLResult("icll", getattr(model, "name", str(model)), dataclasses.asdict(cfg), metrics, seed=cfg.seed,
+                      elapsed_s=time.time() - t0)
+
+# %% ../nbs/10_icl.ipynb #c043
+@dataclasses.dataclass
+class RegressionConfig:
+    "Task (d, points), Transformer size and training (lab trainer's schedule), curriculum, LSA, evaluation."
+    d: int = 10
+    n_points: int = 21                 # 2d + 1, as in Garg's runs (41 points for d = 20)
+    d_model: int = 64                  # Garg's "tiny" backbone: 3 layers, width 64, 2 heads
+    n_layers: int = 3
+    n_heads: int = 2
+    steps: int = 6000
+    batch_size: int = 64               # Garg's batch size
+    lr: float = 1e-3                   # Garg: Adam 1e-4 over 500k steps; a short CPU run needs more
+    curriculum_d_start: int = 5        # Garg: dimension 5 -> 20 (+1 every 2000 steps) and points 11 -> 41 (+2)
+    curriculum_points_start: int = 11
+    curriculum_every: int = 300        # 0: no curriculum
+    ridge_lambda: float = 0.1
+    n_eval: int = 1280                 # Garg: 20 batches x 64 prompts
+    n_boot: int = 1000
+    band: float = 0.9
+    lsa_steps: int = 3000
+    lsa_lr: float = 0.02
+    lsa_batch: int = 2048
+    lsa_sigma: float = 0.1
+    shift_decay: float = 1.0           # skewed covariance: eigenvalues proportional to 1/i^shift_decay, trace d
+    progress: bool = True
+    seed: int = 0
+
+    @classmethod
+    def quick(cls):
+        return cls(d=4, n_points=9, d_model=32, n_layers=2, steps=800, curriculum_d_start=2, curriculum_points_start=5,
+                   curriculum_every=60, n_eval=256, n_boot=200, lsa_steps=600, lsa_batch=1024, progress=False)
+
+    def __post_init__(self):
+        if self.d < 1 or self.n_points < 2: raise BadInput(f"Need d >= 1 and n_points >= 2, got d={self.d}, n_points={self.n_points}.")
+        if self.curriculum_every and not (1 <= self.curriculum_d_start <= self.d and 1 <= self.curriculum_points_start <= self.n_points):
+            raise BadInput(f"The curriculum must start within the task: d_start {self.curriculum_d_start} <= d {self.d}, "
+                           f"points_start {self.curriculum_points_start} <= n_points {self.n_points}.")
+
+def sample_regression(n: int, n_points: int, d: int, generator: torch.Generator, cov: Tensor | None = None,
+                      d_active: int | None = None) -> tuple[Float[Tensor, "n pts d"], Float[Tensor, "n pts"], Float[Tensor, "n d"]]:
+    "Prompts (xs, ys, w): x ~ N(0, cov) (default I), w ~ N(0, I), y = w.x; coordinates past `d_active` are zero."
+    xs = torch.randn(n, n_points, d, generator=generator)
+    if cov is not None: xs = xs @ torch.linalg.cholesky(cov).T
+    w = torch.randn(n, d, generator=generator)
+    if d_active is not None and d_active < d: xs[..., d_active:] = 0; w[:, d_active:] = 0
+    return xs, einsum(xs, w, "n p d, n d -> n p"), w
+
+def _prefix_fit(xs, ys, k, solve):
+    "Predictions for point k from points 0..k-1 with `solve(X [n,k,d], y [n,k]) -> w [n,d]`."
+    if k == 0: return torch.zeros(xs.shape[0])
+    w = solve(xs[:, :k], ys[:, :k])
+    return einsum(xs[:, k], w, "n d, n d -> n")
+
+def least_squares_predictions(xs, ys) -> Float[Tensor, "n pts"]:
+    "Minimum-norm least squares on the first k points, predicting point k, for every k."
+    solve = lambda X, y: einsum(torch.linalg.pinv(X.double()), y.double(), "n d k, n k -> n d").float()
+    return torch.stack([_prefix_fit(xs, ys, k, solve) for k in range(xs.shape[1])], 1)
+
+def ridge_predictions(xs, ys, lam: float) -> Float[Tensor, "n pts"]:
+    "Ridge regression (penalty `lam`) on the first k points, predicting point k."
+    def solve(X, y):
+        A = X.transpose(1, 2) @ X + lam * torch.eye(X.shape[-1])
+        return torch.linalg.solve(A, einsum(X, y, "n k d, n k -> n d"))
+    return torch.stack([_prefix_fit(xs, ys, k, solve) for k in range(xs.shape[1])], 1)
+
+def averaging_predictions(xs, ys) -> Float[Tensor, "n pts"]:
+    "The averaging estimator w = mean_i y_i x_i on the first k points."
+    return torch.stack([_prefix_fit(xs, ys, k, lambda X, y: einsum(X, y, "n k d, n k -> n d") / X.shape[1])
+                        for k in range(xs.shape[1])], 1)
+
+def knn_predictions(xs, ys, n_neighbors: int = 3) -> Float[Tensor, "n pts"]:
+    "Mean y of the `n_neighbors` nearest earlier x (all earlier points while there are fewer)."
+    out = [torch.zeros(xs.shape[0])]
+    for k in range(1, xs.shape[1]):
+        dist = (xs[:, :k] - xs[:, k:k + 1]).norm(dim=-1)
+        idx = dist.topk(min(n_neighbors, k), largest=False).indices
+        out.append(ys[:, :k].gather(1, idx).mean(1))
+    return torch.stack(out, 1)
+
+# %% ../nbs/10_icl.ipynb #c046
+def error_curve(preds: Float[Tensor, "n pts"], ys: Float[Tensor, "n pts"], d: int) -> Float[Tensor, "pts"]:
+    "Mean squared error at each k, divided by d."
+    return ((preds - ys) ** 2).mean(0) / d
+
+def bootstrap_band(preds, ys, d: int, n_boot: int, band: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    "The (1-band)/2 and (1+band)/2 quantiles of the error curve over prompts resampled with replacement."
+    err = (preds - ys) ** 2 / d
+    idx = torch.randint(err.shape[0], (n_boot, err.shape[0]), generator=generator)
+    means = err[idx].mean(1)                                   # [n_boot, pts]
+    q = torch.tensor([(1 - band) / 2, (1 + band) / 2])
+    lo, hi = torch.quantile(means, q, dim=0)
+    return lo, hi
+
+# %% ../nbs/10_icl.ipynb #c048
+def interleave(xs: Float[Tensor, "n pts d"], ys: Float[Tensor, "n pts"]) -> Float[Tensor, "n two_pts d"]:
+    "x1, (y1, 0, ..., 0), x2, (y2, 0, ...), ...: Garg's sequence, y zero-padded to d."
+    y_tok = F.pad(ys[..., None], (0, xs.shape[-1] - 1))
+    return rearrange(torch.stack([xs, y_tok], 2), "n p two d -> n (p two) d")
+
+class InContextRegressor(nn.Module):
+    "Read-in (d -> d_model), the lab's Transformer blocks, read-out (d_model -> 1); predicts y_k at x_k's position."
+    def __init__(self, d: int, n_points: int, d_model: int, n_layers: int, n_heads: int):
+        super().__init__()
+        from seqlab.archs import Transformer, TransformerConfig
+        self.d = d
+        # d_vocab 2: the backbone's token embedding is unused, and it must differ from d_model (TransformerLens hazard)
+        self.backbone = Transformer(TransformerConfig(d_vocab=2, n_ctx=2 * n_points, d_model=d_model, n_layers=n_layers,
+                                                      n_heads=n_heads, positional="learned"))
+        self.read_in, self.read_out = nn.Linear(d, d_model), nn.Linear(d_model, 1)
+
+    def forward(self, xs: Float[Tensor, "n pts d"], ys: Float[Tensor, "n pts"]) -> Float[Tensor, "n pts"]:
+        bb = self.backbone
+        z = interleave(xs, ys)
+        if z.shape[1] > bb.cfg.n_ctx: raise BadInput(f"{xs.shape[1]} points exceed the {bb.cfg.n_ctx // 2} this model was built for.")
+        resid = self.read_in(z) + bb.hook_pos_embed(bb.pos_embed(torch.arange(z.shape[1], device=z.device)))[None]
+        for block in bb.blocks: resid = block(resid, None)
+        return self.read_out(bb.ln_final(resid))[:, ::2, 0]
+
+def _curriculum(step: int, cfg: RegressionConfig) -> tuple[int, int]:
+    if not cfg.curriculum_every: return cfg.d, cfg.n_points
+    inc = step // cfg.curriculum_every
+    return min(cfg.d, cfg.curriculum_d_start + inc), min(cfg.n_points, cfg.curriculum_points_start + 2 * inc)
+
+def _train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list]:
+    "Train (or load from the cache) the in-context regressor."
+    from safetensors.torch import load_file, save_file
+    from seqlab.train import TrainConfig, _optimizer, checkpoints_dir, lr_at
+    torch.manual_seed(cfg.seed)
+    model = InContextRegressor(cfg.d, cfg.n_points, cfg.d_model, cfg.n_layers, cfg.n_heads)
+    keys = ["d", "n_points", "d_model", "n_layers", "n_heads", "steps", "batch_size", "lr", "curriculum_d_start",
+            "curriculum_points_start", "curriculum_every", "seed"]
+    out = checkpoints_dir() / f"icl-regression-{_key({k: getattr(cfg, k) for k in keys})}"
+    if (out / "model.safetensors").exists():
+        model.load_state_dict(load_file(str(out / "model.safetensors")))
+        return model.eval(), json.loads((out / "history.json").read_text())
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, seed=cfg.seed, progress=cfg.progress)
+    opt = _optimizer(model, tcfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    from tqdm.auto import tqdm
+    for step in tqdm(range(cfg.steps), disable=not cfg.progress, desc="train icl-regression"):
+        for group in opt.param_groups: group["lr"] = lr_at(step, tcfg)
+        d_act, pts = _curriculum(step, cfg)
+        xs, ys, _ = sample_regression(cfg.batch_size, pts, cfg.d, g, d_active=d_act)
+        loss = F.mse_loss(model(xs, ys), ys)
+        opt.zero_grad(set_to_none=True); loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip); opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1: history.append({"step": step, "loss": loss.item() / d_act, "d": d_act, "points": pts})
+    with atomic_dir(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "history.json").write_text(json.dumps(history))
+        (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    return model.eval(), history
+
+# %% ../nbs/10_icl.ipynb #c050
+def lsa_predict(W_PV: Float[Tensor, "d1 d1"], W_KQ: Float[Tensor, "d1 d1"], xs: Float[Tensor, "n N d"], ys: Float[Tensor, "n N"],
+                x_q: Float[Tensor, "n d"]) -> Float[Tensor, "n"]:
+    "ZFB's linear self-attention prediction f(E)_{d+1,N+1} with the query column masked from the values."
+    N = xs.shape[1]
+    if N == 0: return torch.zeros(xs.shape[0])
+    E_ctx = torch.cat([xs, ys[..., None]], -1)                      # [n, N, d+1]: the N example columns
+    e_q = F.pad(x_q, (0, 1))                                          # [n, d+1]: the query column, y slot 0
+    G = einsum(E_ctx, E_ctx, "n i a, n i b -> n a b") / N             # E M E^T / N
+    return einsum(W_PV[-1], G, e_q @ W_KQ.T, "a, n a b, n b -> n")
+
+def lsa_init(d: int, sigma: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    "ZFB's initialisation: W_PV = sigma e e^T, W_KQ = sigma [[Theta Theta^T, 0], [0, 0]] with ||Theta Theta^T||_F = 1."
+    theta = torch.randn(d, d, generator=generator)
+    tt = theta @ theta.T; tt = tt / tt.norm()
+    W_PV = torch.zeros(d + 1, d + 1); W_PV[-1, -1] = sigma
+    W_KQ = torch.zeros(d + 1, d + 1); W_KQ[:d, :d] = sigma * tt
+    return W_PV, W_KQ
+
+def lsa_gamma(cov: Tensor, N: int) -> Tensor:
+    "Gamma = (1 + 1/N) Lambda + tr(Lambda)/N I."
+    return (1 + 1 / N) * cov + torch.trace(cov) / N * torch.eye(cov.shape[0])
+
+def train_lsa(d: int, N: int, steps: int, lr: float, batch: int, sigma: float, generator: torch.Generator,
+              cov: Tensor | None = None) -> dict:
+    "Gradient descent on 1/2 E(y_hat - y)^2 with fresh batches; returns the weights and the gap history."
+    cov = torch.eye(d) if cov is None else cov
+    W_PV, W_KQ = (w.requires_grad_() for w in lsa_init(d, sigma, generator))
+    target = torch.linalg.inv(lsa_gamma(cov, N))
+    hist = []
+    for step in range(steps):
+        xs, ys, _ = sample_regression(batch, N + 1, d, generator, cov=cov)
+        loss = 0.5 * ((lsa_predict(W_PV, W_KQ, xs[:, :N], ys[:, :N], xs[:, N]) - ys[:, N]) ** 2).mean()
+        gPV, gKQ = torch.autograd.grad(loss, [W_PV, W_KQ])
+        with torch.no_grad(): W_PV -= lr * gPV; W_KQ -= lr * gKQ
+        if step % max(1, steps // 50) == 0 or step == steps - 1:
+            cK = (W_PV[-1, -1] * W_KQ[:d, :d]).detach()
+            hist.append({"step": step, "loss": loss.item(), "gap": float((cK.T - target).norm() / target.norm())})
+    return {"W_PV": W_PV.detach(), "W_KQ": W_KQ.detach(), "history": hist}
+
+# %% ../nbs/10_icl.ipynb #c054
+def skewed_covariance(d: int, decay: float, generator: torch.Generator) -> Float[Tensor, "d d"]:
+    "U diag(lambda) U^T with lambda_i proportional to 1/i^decay, trace d, and U a random rotation."
+    lam = 1 / torch.arange(1, d + 1, dtype=torch.float32) ** decay
+    lam = lam * d / lam.sum()
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=generator))
+    return U @ torch.diag(lam) @ U.T
+
+# %% ../nbs/10_icl.ipynb #c056
+@dataclasses.dataclass
+class RegressionResult(Result):
+    "Error curves (squared error / d vs k) with bootstrap bands, the LSA closed-form gap, covariate-shift errors."
+
+    def figure(self):
+        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go
+        m = self.metrics
+        fig = make_subplots(1, 2, subplot_titles=("error vs in-context examples (Λ = I)", "last-query error: Λ = I vs skewed Λ′"))
+        colors = {"transformer": "#1f77b4", "least_squares": "#ff7f0e", "ridge": "#bcbd22", "3nn": "#2ca02c",
+                  "averaging": "#d62728", "lsa": "#9467bd", "lsa_closed_form": "#8c564b"}
+        for name, curve in m["error_curve"].items():
+            c = colors.get(name, "gray"); k = list(range(len(curve)))
+            lo, hi = m["error_band"][name]
+            fig.add_trace(go.Scatter(x=k + k[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.15,
+                                     line=dict(width=0), showlegend=False, hoverinfo="skip"), 1, 1)
+            fig.add_trace(go.Scatter(x=k, y=curve, name=name, line=dict(color=c), legendgroup=name), 1, 1)
+        names = list(m["shift"])
+        fig.add_trace(go.Bar(x=names, y=[m["in_distribution"][n] for n in names], name="Λ = I (train)", marker_color="#7f7f7f"), 1, 2)
+        fig.add_trace(go.Bar(x=names, y=[m["shift"][n] for n in names], name="skewed Λ′", marker_color="#e377c2"), 1, 2)
+        fig.add_vline(x=self.config["d"], line=dict(dash="dot", color="gray"), row=1, col=1)
+        fig.update_xaxes(title_text="in-context examples k", row=1, col=1)
+        fig.update_yaxes(title_text="squared error / d", row=1, col=1)
+        fig.update_yaxes(title_text="squared error / d", type="log", row=1, col=2)
+        fig.update_layout(height=480, title=f"In-context linear regression, d = {self.config['d']} "
+                                            f"(LSA gap to closed form {m['lsa_closed_form_gap']:.3f})")
+        return fig
+
+    def summary(self):
+        m, d = self.metrics, self.config["d"]
+        rows = [[f"{n} error at k={d // 2} / k={d}", f"{c[d // 2]:.3f} / {c[min(d, len(c) - 1)]:.3f}"] for n, c in m["error_curve"].items()]
+        rows += [["LSA gap to closed form ‖cKᵀ−Γ⁻¹‖/‖Γ⁻¹‖", round(m["lsa_closed_form_gap"], 4)]]
+        rows += [[f"{n} error, skewed Λ′ (last query)", round(v, 4)] for n, v in m["shift"].items()]
+        return rows
+
+def _all_predictions(xs, ys, model, lsa, ridge_lambda, cov) -> dict:
+    N = xs.shape[1]
+    with torch.no_grad(): pred_tf = model(xs, ys)
+    def lsa_curve(W_PV, W_KQ): return torch.stack([lsa_predict(W_PV, W_KQ, xs[:, :k], ys[:, :k], xs[:, k]) for k in range(N)], 1)
+    d = xs.shape[-1]
+    closed_KQ = torch.zeros(d + 1, d + 1); closed_KQ[:d, :d] = torch.linalg.inv(lsa_gamma(cov, N - 1)).T
+    closed_PV = torch.zeros(d + 1, d + 1); closed_PV[-1, -1] = 1.0
+    return {"transformer": pred_tf, "least_squares": least_squares_predictions(xs, ys), "ridge": ridge_predictions(xs, ys, ridge_lambda),
+            "3nn": knn_predictions(xs, ys, 3), "averaging": averaging_predictions(xs, ys),
+            "lsa": lsa_curve(lsa["W_PV"], lsa["W_KQ"]), "lsa_closed_form": lsa_curve(closed_PV, closed_KQ)}
+
+def run_icl_regression(model=None, cfg: RegressionConfig = RegressionConfig()) -> RegressionResult:
+    "Train a Transformer and an LSA layer on in-context linear regression; error curves, closed-form gap, covariate shift."
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    net, history = _train_regressor(cfg)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    d, N = cfg.d, cfg.n_points - 1
+    lsa = train_lsa(d, N, cfg.lsa_steps, cfg.lsa_lr, cfg.lsa_batch, cfg.lsa_sigma, g)
+    eye = torch.eye(d)
+    xs, ys, _ = sample_regression(cfg.n_eval, cfg.n_points, d, g)
+    preds = _all_predictions(xs, ys, net, lsa, cfg.ridge_lambda, eye)
+    bands = {n: [t.tolist() for t in bootstrap_band(p, ys, d, cfg.n_boot, cfg.band, g)] for n, p in preds.items()}
+    curves = {n: error_curve(p, ys, d).tolist() for n, p in preds.items()}
+    target = torch.linalg.inv(lsa_gamma(eye, N))
+    cK = lsa["W_PV"][-1, -1] * lsa["W_KQ"][:d, :d]
+    off_pv = lsa["W_PV"].clone(); off_pv[-1, -1] = 0
+    off_kq = lsa["W_KQ"].clone(); off_kq[:d, :d] = 0
+    gap = float((cK.T - target).norm() / target.norm())
+    pred_gap = float(((preds["lsa"][:, -1] - preds["lsa_closed_form"][:, -1]) ** 2).mean() / d)
+    # covariate shift: a skewed test covariance, every model scored at the last query
+    cov_s = skewed_covariance(d, cfg.shift_decay, g)
+    xs_s, ys_s, _ = sample_regression(cfg.n_eval, cfg.n_points, d, g, cov=cov_s)
+    preds_s = _all_predictions(xs_s, ys_s, net, lsa, cfg.ridge_lambda, eye)     # the LSA closed form for the *training* Λ
+    xs_2, ys_2 = 2 * xs, 2 * ys
+    preds_2 = _all_predictions(xs_2, ys_2, net, lsa, cfg.ridge_lambda, eye)
+    last = lambda P, Y: {n: float(error_curve(p, Y, d)[-1]) for n, p in P.items()}
+    metrics = {"error_curve": curves, "error_band": bands, "lsa_closed_form_gap": gap,
+               "lsa_prediction_gap": pred_gap, "lsa_offblock_max": float(max(off_pv.abs().max(), off_kq.abs().max())),
+               "lsa_history": lsa["history"], "in_distribution": last(preds, ys), "shift": last(preds_s, ys_s),
+               "shift_detail": {"skewed": last(preds_s, ys_s), "x_scale_2": {n: v / 4 for n, v in last(preds_2, ys_2).items()}},
+               "train_history": history, "d": d, "n_points": cfg.n_points,
+               "error_normalisation": "squared error divided by d (x-scale-2 errors also by the 4x larger E y^2)"}
+    return RegressionResult("icl-regression", "InContextRegressor (trained here)", dataclasses.asdict(cfg), metrics,
+                            seed=cfg.seed, elapsed_s=time.time() - t0)
+
+# %% ../nbs/10_icl.ipynb #c057
+PROBES = {"icl-regression": Probe("icl-regression", "Does a Transformer trained on prompts of (x, w.x) pairs track least squares in context, and does one linear self-attention layer trained by gradient descent reach the closed-form global minimum?",
+                                  RegressionConfig, run_icl_regression, needs="own", page="icl"),
+          "icll": Probe("icll", "Can a model infer an unknown regular language from the strings in its prompt and predict valid next symbols, and which architectures manage it?",
+                        ICLLConfig, run_icll, needs="any", page="icl")}
