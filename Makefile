@@ -38,7 +38,7 @@ report: install
 	$(BIN)/seqlab report --out $(OUT)
 
 lab: install
-	$(BIN)/jupyter lab nbs/
+	$(BIN)/jupyter lab nbs/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: install
 	$(BIN)/seqlab bench --out bench-results

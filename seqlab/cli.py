@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #c004
 from __future__ import annotations
-import argparse, html, importlib, importlib.util, json, subprocess, sys, time, traceback
+import argparse, html, importlib, importlib.util, json, re, subprocess, sys, time, traceback
 from pathlib import Path
 
 from .core import Probe, Result, SeqlabError, atomic_path, seqlab_version, to_jsonable
@@ -164,7 +164,11 @@ def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None
     from nbconvert import HTMLExporter
     root = Path(__file__).resolve().parent.parent
     nbdev_proc = Path(sys.executable).parent / "nbdev-proc-nbs"
-    subprocess.run([str(nbdev_proc)], cwd=root, check=True, capture_output=True)
+    cmd = [str(nbdev_proc), "--n-workers", "1"]
+    if only: cmd += ["--file-re", "^(" + "|".join(re.escape(o) for o in only) + r")\.ipynb$"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SeqlabError(f"nbdev-proc-nbs could not process the notebooks; fix the notebook it names:\n{(r.stdout + r.stderr)[-1500:]}")
     proc = root / "_proc"
     nbs = sorted(p for p in proc.glob("*.ipynb") if not only or p.stem in only)
     if not nbs: raise SeqlabError(f"No notebooks matched {only} in {proc}.")
@@ -173,6 +177,9 @@ def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None
     pages = []
     for p in nbs:
         nb = nbformat.read(p, as_version=4)
+        std = {"id", "cell_type", "metadata", "source", "outputs", "execution_count", "attachments"}
+        for c in nb.cells:  # nbdev's processing leaves bookkeeping keys that nbformat's validator rejects
+            for k in [k for k in c if k not in std]: del c[k]
         title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("#")), p.stem)
         err = None
         if execute:

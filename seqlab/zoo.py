@@ -355,8 +355,16 @@ class LabModel:
         return w.repeat_interleave(group, dim=0) if w.shape[0] != self.arch.n_heads else w
 
     def _w(self, name: str, layer: int) -> Tensor:
-        w = getattr(self.hooked, name)  # the bridge stacks layers in a tensor; lab models give a method
-        return (w(layer) if callable(w) else w[layer]).detach()
+        w = getattr(type(self.hooked), name, None)
+        if callable(w): return getattr(self.hooked, name)(layer).detach()  # lab models: one layer, cheap
+        # the bridge rebuilds every layer's stack on each access (~0.35 s on SmolLM2): keep the stack until a
+        # parameter changes (in-place updates bump a tensor's version counter)
+        if "_params" not in self.__dict__: self._params = list(self.hooked.parameters())
+        version = sum(p._version for p in self._params)
+        cache = self.__dict__.setdefault("_weight_stacks", {})
+        if name not in cache or cache[name][0] != version:
+            cache[name] = (version, getattr(self.hooked, name).detach())
+        return cache[name][1][layer]
 
     def W_Q(self, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._w("W_Q", layer)
     def W_K(self, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_K", layer))

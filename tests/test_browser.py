@@ -71,7 +71,8 @@ def jupyterlab(tmp_path):
     jupyter = Path(sys.executable).parent / "jupyter"
     proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                              f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
-                             f"--ServerApp.root_dir={NBS}", "--ServerApp.open_browser=False"],
+                             f"--ServerApp.root_dir={NBS}", "--ServerApp.open_browser=False"]
+                            + (["--allow-root"] if os.geteuid() == 0 else []),
                             env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -102,6 +103,7 @@ def test_jupyterlab_explorer_responds_to_a_widget(browser, jupyterlab, tmp_path)
     title.first.wait_for(timeout=600_000)
     page.screenshot(path=str(tmp_path / "lab_before.png"), full_page=True)
     layer = page.locator(".widget-dropdown", has=page.locator("label", has_text="layer")).locator("select").first
-    layer.select_option("3")
-    page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="layer 3 head 6").first.wait_for(timeout=120_000)
+    layer.scroll_into_view_if_needed()
+    layer.select_option("3")  # the kernel fetches layer 3's patterns and redraws the explorer's figure
+    page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="layer 3 head 6").first.wait_for(timeout=300_000)
     page.screenshot(path=str(tmp_path / "lab_after.png"), full_page=True)
