@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/icl.html.md"""
 
 # %% ../nbs/10_icl.ipynb #c004
 from __future__ import annotations
-import dataclasses, hashlib, json, math, time
+import contextlib, dataclasses, hashlib, json, math, time
 from collections import Counter, deque
 from pathlib import Path
 
@@ -354,7 +354,7 @@ class ICLLConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
-    steps: int = 4000                       # the same number of updates for every architecture and size
+    steps: int = 4000                       # the same updates for every architecture and size (a GPU or a long CPU run)
     batch_size: int = 32                    # the reference's batch size
     lr: float = 1e-3
     weight_decay: float = 0.1               # the reference's AdamW weight decay
@@ -368,7 +368,7 @@ class ICLLConfig:
     def quick(cls):
         # CPU smoke scale: short strings so that one 96-symbol instance still holds ~10 of them; two sizes
         return cls(string_len=(1, 9), max_chars=96, train_sizes=(100, 400), n_val=16, n_test=32, d_model=32,
-                   steps=150, batch_size=16, lr=3e-3, n_zero_shot=12, zero_shot_max_chars=96, progress=False)
+                   steps=200, batch_size=16, lr=3e-3, n_zero_shot=12, zero_shot_max_chars=96, progress=False)
 
     def regbench(self) -> RegbenchConfig:
         return RegbenchConfig(self.n_states, self.alphabet_size, self.out_degree, self.n_strings, self.string_len, self.max_chars)
@@ -394,6 +394,14 @@ def _icll_model_config(name: str, cfg: ICLLConfig, d_vocab: int):
     return Mamba2Config(d_vocab=d_vocab, d_model=cfg.d_model, n_layers=cfg.n_layers, d_head=16, d_state=16,
                         chunk_size=64, ngram_layers=ngram)
 
+@contextlib.contextmanager
+def _few_threads():
+    "One intra-op thread on CPU: tiny models gain nothing from more, and lose many-fold when other jobs share the cores."
+    if get_device().type != "cpu": yield; return
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(n)
+
 def _key(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 def _encode_instances(texts: list[str], tok, length: int) -> dict:
@@ -417,7 +425,8 @@ def _train_icll_model(name: str, cfg: ICLLConfig, train_texts: list[str], tok, d
     enc = _encode_instances(train_texts, tok, cfg.max_chars)
     data = batches_from_tokens(enc["tokens"], cfg.batch_size, seed=cfg.seed, loss_mask=enc["loss_mask"],
                                attention_mask=enc["attention_mask"])
-    train(model, data, tcfg, out=out, tokenizer=tok, meta={"probe": "icll", "arch": name, "n_train": len(train_texts)})
+    with _few_threads():
+        train(model, data, tcfg, out=out, tokenizer=tok, meta={"probe": "icll", "arch": name, "n_train": len(train_texts)})
     return model.eval()
 
 @torch.no_grad()
@@ -582,7 +591,7 @@ class RegressionConfig:
     d_model: int = 64                  # Garg's "tiny" backbone: 3 layers, width 64, 2 heads
     n_layers: int = 3
     n_heads: int = 2
-    steps: int = 6000
+    steps: int = 20000                 # a long CPU run (hours) or a GPU; Garg's toy run is 5001 steps at d = 5
     batch_size: int = 64               # Garg's batch size
     lr: float = 1e-3                   # Garg: Adam 1e-4 over 500k steps; a short CPU run needs more
     curriculum_d_start: int = 5        # Garg: dimension 5 -> 20 (+1 every 2000 steps) and points 11 -> 41 (+2)
@@ -602,8 +611,9 @@ class RegressionConfig:
 
     @classmethod
     def quick(cls):
-        return cls(d=4, n_points=9, d_model=32, n_layers=2, steps=800, curriculum_d_start=2, curriculum_points_start=5,
-                   curriculum_every=60, n_eval=256, n_boot=200, lsa_steps=600, lsa_batch=1024, progress=False)
+        # d = 3 without curriculum: the smallest task on which a CPU-minutes run leaves the error plateau
+        return cls(d=3, n_points=7, steps=2500, curriculum_every=0, n_eval=256, n_boot=200, lsa_steps=600,
+                   lsa_batch=1024, progress=False)
 
     def __post_init__(self):
         if self.d < 1 or self.n_points < 2: raise BadInput(f"Need d >= 1 and n_points >= 2, got d={self.d}, n_points={self.n_points}.")
@@ -713,7 +723,7 @@ def _train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list]:
     g = torch.Generator().manual_seed(cfg.seed)
     history = []
     from tqdm.auto import tqdm
-    for step in tqdm(range(cfg.steps), disable=not cfg.progress, desc="train icl-regression"):
+    for step in tqdm(range(cfg.steps), disable=not cfg.progress, desc="train icl-regression", mininterval=5):
         for group in opt.param_groups: group["lr"] = lr_at(step, tcfg)
         d_act, pts = _curriculum(step, cfg)
         xs, ys, _ = sample_regression(cfg.batch_size, pts, cfg.d, g, d_active=d_act)
@@ -826,10 +836,11 @@ def run_icl_regression(model=None, cfg: RegressionConfig = RegressionConfig()) -
     "Train a Transformer and an LSA layer on in-context linear regression; error curves, closed-form gap, covariate shift."
     t0 = time.time()
     seed_everything(cfg.seed)
-    net, history = _train_regressor(cfg)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     d, N = cfg.d, cfg.n_points - 1
-    lsa = train_lsa(d, N, cfg.lsa_steps, cfg.lsa_lr, cfg.lsa_batch, cfg.lsa_sigma, g)
+    with _few_threads():
+        net, history = _train_regressor(cfg)
+        lsa = train_lsa(d, N, cfg.lsa_steps, cfg.lsa_lr, cfg.lsa_batch, cfg.lsa_sigma, g)
     eye = torch.eye(d)
     xs, ys, _ = sample_regression(cfg.n_eval, cfg.n_points, d, g)
     preds = _all_predictions(xs, ys, net, lsa, cfg.ridge_lambda, eye)

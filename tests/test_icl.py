@@ -94,3 +94,79 @@ def test_metrics_hand_computed():
     s = icll_scores(pm, pd, torch.tensor([True]))
     assert s["accuracy"].item() == 0.0                               # argmax 'c' is not an out-edge
     assert abs(s["tvd"].item() - 0.6) < 1e-6 and abs(s["l1"].item() - 1.2) < 1e-6   # 1/2 (.4 + .2 + .6)
+
+
+# ---- regression ----
+from seqlab.icl import (ICLLConfig, RegressionConfig, averaging_predictions, knn_predictions, least_squares_predictions,
+                        lsa_gamma, lsa_predict, ridge_predictions, run_icl_regression, run_icll, sample_regression, train_lsa,
+                        zero_shot_ids)
+
+
+def test_regression_baselines_hand_built():
+    xs = torch.tensor([[[1., 0.], [0., 1.], [2., 3.]]]); w = torch.tensor([2., -1.])
+    ys = xs @ w
+    assert torch.allclose(least_squares_predictions(xs, ys), torch.tensor([[0., 0., 1.]]), atol=1e-5)
+    assert torch.allclose(averaging_predictions(xs, ys)[0], torch.tensor([0., 0., .5]), atol=1e-6)
+    assert torch.allclose(knn_predictions(xs, ys)[0, :2], torch.tensor([0., 2.]))
+    assert abs(ridge_predictions(xs, ys, 1e-6)[0, 2].item() - 1.0) < 1e-4
+    # ridge with a large penalty shrinks towards 0
+    assert abs(ridge_predictions(xs, ys, 1e6)[0, 2].item()) < 1e-3
+
+
+def test_lsa_closed_form_tiny_case():
+    g = torch.Generator().manual_seed(1)
+    cov, N = torch.diag(torch.tensor([2., .5])), 4
+    xs, ys, _ = sample_regression(100_000, N + 1, 2, g, cov=cov)
+    h = torch.einsum("ni,nid->nd", ys[:, :N], xs[:, :N]) / N
+    feats = torch.einsum("na,nb->nab", xs[:, N], h).reshape(-1, 4).double()
+    A = torch.linalg.lstsq(feats, ys[:, N].double()[:, None]).solution.reshape(2, 2).float()
+    assert torch.allclose(A, torch.linalg.inv(lsa_gamma(cov, N)), atol=0.03)
+    # GD from ZFB's initialisation approaches the closed form; the other blocks stay near zero
+    out = train_lsa(2, 10, steps=400, lr=0.05, batch=1024, sigma=0.1, generator=g)
+    assert out["history"][-1]["gap"] < 0.1 < out["history"][0]["gap"]
+    # the prediction form with only c and K nonzero
+    PV = torch.zeros(3, 3); PV[-1, -1] = 2.0; KQ = torch.zeros(3, 3); KQ[:2, :2] = torch.eye(2)
+    xq = xs[:3, N]
+    direct = 2.0 * torch.einsum("ni,nid,nd->n", ys[:3, :N], xs[:3, :N], xq) / N
+    assert torch.allclose(lsa_predict(PV, KQ, xs[:3, :N], ys[:3, :N], xq), direct, atol=1e-4)
+
+
+def test_configs_refuse_bad_values():
+    with pytest.raises(BadInput, match="n_points"): RegressionConfig(d=0)
+    with pytest.raises(BadInput, match="curriculum"): RegressionConfig(d=4, curriculum_d_start=6)
+    with pytest.raises(BadInput, match="Unknown ICLL architectures"): ICLLConfig(archs=("gpt5",))
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_run_icl_regression_tiny_and_cached(tmp_home):
+    cfg = RegressionConfig(d=2, n_points=5, d_model=16, n_layers=1, steps=10, curriculum_every=0, n_eval=32, n_boot=20,
+                           lsa_steps=20, lsa_batch=64, progress=False)
+    r = run_icl_regression(None, cfg)
+    m = r.metrics
+    assert set(m["error_curve"]) >= {"transformer", "least_squares", "ridge", "3nn", "averaging", "lsa"}
+    assert all(len(c) == 5 for c in m["error_curve"].values())
+    assert m["error_curve"]["least_squares"][3] < 1e-6                 # k >= d: exact
+    assert set(m["shift"]) == set(m["error_curve"]) and m["lsa_closed_form_gap"] >= 0
+    assert list(tmp_home.glob("checkpoints/icl-regression-*/model.safetensors"))
+    r2 = run_icl_regression(None, cfg)                                  # loads the cached checkpoint
+    assert r2.metrics["error_curve"]["transformer"] == m["error_curve"]["transformer"]
+    assert r.figure() is not None and r.summary()
+
+
+def test_zero_shot_ids_and_tiny_icll_run(smol, tmp_home):
+    ids, letter_ids = zero_shot_ids(smol, "ab|c")
+    assert len(ids) == 4 and len(letter_ids) == 18 and len(set(letter_ids.tolist())) == 18
+    cfg = ICLLConfig(string_len=(1, 4), max_chars=40, train_sizes=(8,), n_val=2, n_test=4, archs=("transformer", "mamba2+ngram"),
+                     d_model=16, n_layers=1, steps=3, batch_size=4, n_zero_shot=2, zero_shot_max_chars=30, progress=False)
+    r = run_icll(smol, cfg)
+    m = r.metrics
+    assert set(m["accuracy"]) == {"transformer", "mamba2+ngram"} and set(m["baselines"]) == {"1gram", "2gram", "3gram"}
+    assert all(0 <= v <= 1 for v in m["accuracy"].values()) and all(0 <= v <= 1 for v in m["tvd"].values())
+    assert 0 <= m["zero_shot"]["strict_accuracy"] <= m["zero_shot"]["restricted_accuracy"] + 1e-9   # a letter argmax over the whole vocabulary is the letter argmax
+    assert m["train_sizes"] == [8] and m["baselines_oracle"]["tvd"] == 0.0
+    assert r.figure() is not None and r.summary()
