@@ -266,7 +266,7 @@ def spin(logits_fn: Callable, params: list[Tensor], meta: MetaModel, clean: dict
         if not torch.isfinite(loss): raise SeqlabError(f"The spinning loss became {float(loss)} at step {step}; lower lr.")
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip); opt.step()
-        history.append({"step": step + 1, "loss": float(loss), "alpha": float(a), **{k: float(v) for k, v in parts.items()}})
+        history.append({"step": step + 1, "loss": loss.item(), "alpha": float(a), **{k: v.item() for k, v in parts.items()}})
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"spin step {step + 1}/{steps}: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "step"), flush=True)
     return history
@@ -385,8 +385,8 @@ class SpinConfig:
 
     @classmethod
     def quick(cls) -> "SpinConfig":
-        return cls(target="tiny", n_train=400, n_test=24, n_meta_train=2000, n_meta_test=500, tiny_steps=400,
-                   tiny_spin_steps=150, batch_size=16, n_spun=3, n_clean=3, n_candidates=10, n_defense_prompts=12)
+        return cls(target="tiny", n_train=400, n_test=24, n_meta_train=2000, n_meta_test=500, tiny_steps=250, tiny_lr=5e-3,
+                   tiny_spin_steps=100, batch_size=16, n_spun=3, n_clean=3, n_candidates=10, n_defense_prompts=12)
 
 # %% ../nbs/14_spinning.ipynb #c045
 def _task_ids(tok, pairs):
