@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/verbatim.html.md"""
 
 # %% ../nbs/12_verbatim.ipynb #c004
 from __future__ import annotations
-import csv, dataclasses, json, math, random, re, time
+import contextlib, csv, dataclasses, hashlib, json, math, random, re, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +24,16 @@ __all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMU
            'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
            'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'token_surprisal',
            'word_surprisal', 'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig',
-           'grid_stimuli', 'VerbatimResult', 'run']
+           'grid_stimuli', 'VerbatimResult', 'run', 'WordTokenizer', 'load_corpus_templates', 'arch_corpus',
+           'arch_model_configs', 'train_arch_models', 'arch_design', 'architecture_contrast']
 
 # %% ../nbs/12_verbatim.ipynb #c005
 __all__ = ["LIST_TYPES", "CONDITIONS", "SCENARIOS", "N_BASE", "N_SHIFTS", "PERMUTE_SEED", "verbatim_dir", "load_pools",
            "build_base_lists", "load_lists", "load_vignette", "shifted_list", "derange", "second_list", "scramble_words",
            "Stimulus", "make_stimulus", "token_offsets", "word_pieces", "token_surprisal", "word_surprisal",
            "surprisal_reduce", "score_stimuli", "repeat_surprisal", "median_ci", "VerbatimConfig", "grid_stimuli", "VerbatimResult",
-           "run", "PROBES"]
+           "run", "PROBES", "WordTokenizer", "load_corpus_templates", "arch_corpus", "arch_model_configs", "train_arch_models",
+           "arch_design", "architecture_contrast"]
 
 # %% ../nbs/12_verbatim.ipynb #c007
 LIST_TYPES = ("arbitrary", "semantic")
@@ -239,11 +241,27 @@ class VerbatimConfig:
     skip_first: bool = True                       # exclude the first noun of each list (the reference's rule)
     batch_size: int = 8
     n_boot: int = 10_000
+    # the architecture contrast: a lab Transformer and LSTM trained on a generated corpus (see "Architectures side by side")
+    architectures: bool = True
+    arch_steps: int = 300
+    arch_batch_size: int = 16
+    arch_seq_len: int = 128
+    arch_lr: float = 3e-3
+    arch_d_model: int = 64                        # the Transformer's width; the LSTM's is matched by parameter count
+    arch_n_layers: int = 2
+    arch_n_heads: int = 4
+    arch_n_docs: int = 1500                       # generated stories (about 0.55 MB of text)
+    arch_list_lengths: tuple = (3, 5, 7, 10)
+    arch_interveners: tuple = (1, 2)
+    arch_n_per_cell: int = 20
+    arch_threads: int = 1
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "VerbatimConfig":
-        return cls(n_per_cell=2, interveners=(1, 3, 5), sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000)
+        # no architecture contrast: training two models would push `seqlab run verbatim --quick` well past 3 minutes
+        return cls(n_per_cell=2, interveners=(1, 3, 5), sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000,
+                   architectures=False)
 
 def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict | None = None) -> list[Stimulus]:
     "Every stimulus the design needs, each cell once."
@@ -283,6 +301,10 @@ class VerbatimResult(Result):
                 if n in by_n: rows.append([f"repeat surprisal, {lt}, {cond}, N={n}", fmt(by_n[n])])
         for sc, by_c in m.get("by_context", {}).items():
             if "repeat" in by_c: rows.append([f"repeat surprisal, context {sc}, repeat", fmt(by_c["repeat"])])
+        for arch, by_c in m.get("architectures", {}).items():
+            n_a = max(by_c["repeat"], key=int)
+            rows.append([f"{arch}: repeat / permute / control, arbitrary, N={n_a}",
+                         " / ".join(f"{by_c[c][n_a]:.1f}%" for c in ("repeat", "permute", "control") if c in by_c)])
         rows.append(["stimuli scored", m["n_stimuli"]])
         return rows
 
@@ -292,8 +314,11 @@ class VerbatimResult(Result):
         m = self.metrics
         colors = {"repeat": "#1f77b4", "permute": "#ff7f0e", "control": "#2ca02c"}
         dash = {"arbitrary": "solid", "semantic": "dot"}
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("by list length (intervening key 1)",
-                            "by intervening length (N=10)", "per position, second list (N=10)"))
+        archs = m.get("architectures", {})
+        titles = ["by list length (intervening key 1)", "by intervening length (N=10)", "per position, second list (N=10)"]
+        if archs: titles += ["architectures: by list length (arbitrary, key 1)", "architectures: by intervening key (N=10)",
+                             "lab models: training loss"]
+        fig = make_subplots(rows=2 if archs else 1, cols=3, subplot_titles=titles, vertical_spacing=0.15)
         def err(cs): return dict(type="data", symmetric=False, array=[c["ci_high"] - c["median"] for c in cs],
                                  arrayminus=[c["median"] - c["ci_low"] for c in cs])
         for lt, by_c in m["repeat_surprisal"].items():
@@ -314,12 +339,37 @@ class VerbatimResult(Result):
                 fig.add_trace(go.Scatter(x=list(range(len(pp["second"]))), y=[c["median"] for c in pp["second"]],
                               error_y=err(pp["second"]), name=f"{lt} {cond}", legendgroup=f"{lt} {cond}",
                               showlegend=False, line=dict(color=colors.get(cond), dash=dash.get(lt))), 1, 3)
-        fig.update_yaxes(title_text="repeat surprisal (%)", col=1); fig.update_yaxes(title_text="repeat surprisal (%)", col=2)
-        fig.update_yaxes(title_text="surprisal (nats)", col=3)
-        fig.update_xaxes(title_text="list length", col=1); fig.update_xaxes(title_text="intervening tokens", type="log", col=2)
-        fig.update_xaxes(title_text="noun position", col=3)
-        fig.update_layout(title=f"Verbatim memory: {self.model}", height=420, width=1250)
+        fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=2)
+        fig.update_yaxes(title_text="surprisal (nats)", row=1, col=3)
+        fig.update_xaxes(title_text="list length", row=1, col=1); fig.update_xaxes(title_text="intervening tokens", type="log", row=1, col=2)
+        fig.update_xaxes(title_text="noun position", row=1, col=3)
+        if archs: self._architecture_traces(fig, colors)
+        fig.update_layout(title=f"Verbatim memory: {self.model}", height=840 if archs else 420, width=1250)
         return fig
+
+    def _architecture_traces(self, fig, colors):
+        import plotly.graph_objects as go
+        m = self.metrics
+        dash = {"Transformer": "solid", "LSTM": "dash"}
+        for arch, by_c in m["architectures"].items():
+            for cond, by_n in by_c.items():
+                xs = sorted(by_n, key=int)
+                fig.add_trace(go.Scatter(x=[int(x) for x in xs], y=[by_n[x] for x in xs], name=f"{arch} {cond}",
+                              legendgroup=f"{arch} {cond}", line=dict(color=colors.get(cond), dash=dash.get(arch, "dot"))), 2, 1)
+            by_k = m["architectures_by_intervening"].get(arch, {})
+            ks = sorted(by_k, key=int)
+            for cond in by_c:
+                fig.add_trace(go.Scatter(x=[int(k) for k in ks], y=[by_k[k][cond] for k in ks], name=f"{arch} {cond}",
+                              legendgroup=f"{arch} {cond}", showlegend=False,
+                              line=dict(color=colors.get(cond), dash=dash.get(arch, "dot"))), 2, 2)
+        for arch, inf in m["architectures_training"].items():
+            if "loss" not in inf: continue
+            fig.add_trace(go.Scatter(x=[s for s, _ in inf["loss"]], y=[l for _, l in inf["loss"]], name=f"{arch} loss",
+                          line=dict(color="black", dash=dash.get(arch, "dot"))), 2, 3)
+        fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=2)
+        fig.update_yaxes(title_text="loss (nats/token)", row=2, col=3)
+        fig.update_xaxes(title_text="list length", row=2, col=1); fig.update_xaxes(title_text="intervening key", row=2, col=2)
+        fig.update_xaxes(title_text="step", row=2, col=3)
 
 # %% ../nbs/12_verbatim.ipynb #c030
 def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: dict) -> dict:
@@ -362,8 +412,194 @@ def run(model: LabModel, cfg: VerbatimConfig | None = None, progress: bool = Tru
     scores = score_stimuli(model, stimuli, cfg.batch_size, progress=progress)
     iv_tokens = {k: len(model.encode(vignette["intervening"][str(k)])) for k in cfg.interveners}
     metrics = _aggregate(cfg, stimuli, scores, iv_tokens)
+    if cfg.architectures: metrics.update(architecture_contrast(cfg, metrics, model.name, progress=progress))
     return VerbatimResult(probe="verbatim", model=model.name, config=dataclasses.asdict(cfg), metrics=metrics,
                           seed=cfg.seed, elapsed_s=time.time() - t0)
 
 PROBES = {"verbatim": Probe(name="verbatim", config=VerbatimConfig, run=run, needs="any", page="12_verbatim",
                             question="After reading a list of nouns and some unrelated text, how much more predictable is the list when it comes again: exactly, permuted, or not at all?")}
+
+# %% ../nbs/12_verbatim.ipynb #c032
+_WORD = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")
+
+class WordTokenizer:
+    "Word-level tokens (lower-cased words, digits runs, single punctuation marks; whitespace dropped) over a fixed vocabulary."
+    def __init__(self, words: list[str], unk: str = "<unk>", pad: str = "<pad>"):
+        words = [pad, unk] + [w for w in dict.fromkeys(words) if w not in (pad, unk)]
+        self.words, self.unk, self.pad = words, unk, pad
+        self.index = {w: i for i, w in enumerate(words)}
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> "WordTokenizer":
+        "The vocabulary of `texts`, in order of first occurrence."
+        return cls([m.group().lower() for t in texts for m in _WORD.finditer(t)])
+
+    @property
+    def vocab_size(self) -> int: return len(self.words)
+    @property
+    def pad_token_id(self) -> int: return self.index[self.pad]
+    @property
+    def unk_token_id(self) -> int: return self.index[self.unk]
+    bos_token_id = eos_token_id = None
+
+    def __call__(self, text: str, return_offsets_mapping: bool = False, add_special_tokens: bool = False) -> dict:
+        "HF-style call: input_ids and (optionally) each token's [start, end) span in `text`."
+        ms = list(_WORD.finditer(text))
+        out = {"input_ids": [self.index.get(m.group().lower(), self.unk_token_id) for m in ms]}
+        if return_offsets_mapping: out["offset_mapping"] = [m.span() for m in ms]
+        return out
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if not isinstance(text, str): raise BadInput(f"WordTokenizer.encode takes a string, got {type(text).__name__}.")
+        return self(text)["input_ids"]
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < len(self.words)]
+        if bad: raise BadInput(f"Token ids {bad[:5]} are outside this vocabulary of {len(self.words)} words.")
+        return " ".join(self.words[i] for i in ids)
+
+    def coverage(self, text: str, seen: set[str]) -> float:
+        "Fraction of the tokens of `text` whose word is in `seen` (e.g. the training corpus's words)."
+        toks = [m.group().lower() for m in _WORD.finditer(text)]
+        return sum(t in seen for t in toks) / max(1, len(toks))
+
+    def to_dict(self) -> dict: return {"type": "WordTokenizer", "words": self.words, "unk": self.unk, "pad": self.pad}
+
+# %% ../nbs/12_verbatim.ipynb #c035
+def load_corpus_templates(folder: Path | None = None) -> dict:
+    "Names, story templates and slot fillers of the generated training corpus."
+    return json.loads((Path(folder or verbatim_dir()) / "corpus_templates.json").read_text())
+
+def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = 0.7, templates: dict | None = None,
+                pools: dict | None = None) -> list[str]:
+    "`n_docs` generated stories: a list of 2-10 nouns, 0-8 filler sentences, then the same list (`repeat_frac`) or a novel one."
+    if n_docs < 1: raise BadInput(f"n_docs must be >= 1, got {n_docs}.")
+    if not 0 <= repeat_frac <= 1: raise BadInput(f"repeat_frac must lie in [0, 1], got {repeat_frac}.")
+    T, pools = templates or load_corpus_templates(), pools or load_pools()
+    arb, cats, names = pools["arbitrary"], list(pools["semantic"].values()), list(T["names"])
+    rng = random.Random(seed)
+    def fill(t: str, name: str, nouns: list[str]) -> str:
+        pron = T["names"][name]
+        s = t.format(name=name, name2=rng.choice([n for n in names if n != name]), pron=pron,
+                     pron2={"she": "her", "he": "his"}[pron], what=rng.choice(T["what"]), L=", ".join(nouns),
+                     **{k: rng.choice(v) for k, v in T["slots"].items()})
+        return s[0].upper() + s[1:]
+    docs = []
+    for _ in range(n_docs):
+        name, n = rng.choice(names), rng.randint(2, 10)
+        nouns = rng.sample(arb, n) if rng.random() < 0.5 else rng.sample(rng.choice(cats), n)
+        parts = [fill(rng.choice(T["first"]), name, nouns)]
+        parts += [fill(rng.choice(T["filler"]), name, nouns) for _ in range(rng.randint(0, 8))]
+        again = nouns if rng.random() < repeat_frac else rng.sample(arb, n)
+        parts.append(fill(rng.choice(T["second"]), name, again))
+        docs.append(" ".join(parts))
+    return docs
+
+# %% ../nbs/12_verbatim.ipynb #c039
+_ARCH_DATA_VERSION = 1   # bump when arch_corpus or corpus_templates.json change: cached models saw the old corpus
+
+def arch_model_configs(cfg, vocab_size: int) -> dict:
+    "{'Transformer': TransformerConfig, 'LSTM': LSTMConfig} at (about) equal parameter counts."
+    from seqlab.archs import LSTMConfig, TransformerConfig, build_model
+    tcfg = TransformerConfig(d_vocab=vocab_size, n_ctx=cfg.arch_seq_len, d_model=cfg.arch_d_model, n_layers=cfg.arch_n_layers,
+                             n_heads=cfg.arch_n_heads)
+    target = build_model("Transformer", tcfg).n_params()
+    lstm_params = lambda d: 2 * vocab_size * d + cfg.arch_n_layers * (8 * d * d + 4 * d) + 4 * d   # checked against build_model below
+    d = min(range(8, 4 * cfg.arch_d_model + 1), key=lambda d: abs(lstm_params(d) - target))
+    return {"Transformer": tcfg, "LSTM": LSTMConfig(d_vocab=vocab_size, d_model=d, n_layers=cfg.arch_n_layers)}
+
+@contextlib.contextmanager
+def _threads(n: int):
+    # on shared, busy cores one thread trains these tiny models several times faster than two
+    old = torch.get_num_threads(); torch.set_num_threads(max(1, n))
+    try: yield
+    finally: torch.set_num_threads(old)
+
+def train_arch_models(cfg, root: Path | None = None, progress: bool = False) -> tuple[dict, WordTokenizer, dict]:
+    "({arch: LabModel}, tokenizer, {arch: {'n_params', 'history', 'cached'}}): trained, or loaded from the checkpoint cache."
+    from seqlab.archs import as_lab_model, build_model
+    from seqlab.train import TrainConfig, batches_from_tokens, checkpoints_dir, load_model, train
+    vignette, pools = load_vignette(), load_pools()
+    n_docs = cfg.arch_n_docs
+    docs = arch_corpus(n_docs, seed=cfg.seed)
+    vig_texts = [vignette["preface"], vignette["prompt"], *vignette["intervening"].values(), *vignette["incongruent"].values(),
+                 " ".join(vignette["pronoun"])]
+    nouns = pools["arbitrary"] + [w for v in pools["semantic"].values() for w in v]
+    tok = WordTokenizer.from_texts(docs + vig_texts + [" ".join(nouns)])
+    stream = torch.tensor([i for d in docs for i in tok.encode(d)])
+    L = cfg.arch_seq_len
+    rows = stream[: len(stream) // L * L].reshape(-1, L)
+    tcfg = TrainConfig(steps=cfg.arch_steps, lr=cfg.arch_lr, warmup_frac=0.1, eval_every=0, seed=cfg.seed, progress=progress)
+    models, info = {}, {}
+    for arch, mcfg in arch_model_configs(cfg, tok.vocab_size).items():
+        key = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg) | {"progress": None}, "n_docs": n_docs,
+               "batch_size": cfg.arch_batch_size, "data": _ARCH_DATA_VERSION, "vocab": tok.vocab_size}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        path = Path(root or checkpoints_dir()) / f"verbatim-{arch.lower()}-{digest}"
+        meta_path = path / "seqlab.json"
+        cached = meta_path.exists() and json.loads(meta_path.read_text()).get("step") == cfg.arch_steps
+        if cached:
+            model = load_model(path, arch=arch, config=mcfg)[0]
+            if json.loads(meta_path.read_text())["meta"].get("vocab") != tok.words:
+                raise BadInput(f"The cached checkpoint {path} has another vocabulary; delete it to retrain.")
+        else:
+            torch.manual_seed(cfg.seed)
+            model = build_model(arch, mcfg)
+            with _threads(cfg.arch_threads):
+                train(model, batches_from_tokens(rows, cfg.arch_batch_size, seed=cfg.seed), tcfg, out=path,
+                      meta={"probe": "verbatim", "vocab": tok.words, "key": key})
+        history = json.loads((path / "trainer.json").read_text())["history"]
+        info[arch] = {"n_params": model.n_params(), "d_model": mcfg.d_model, "n_layers": mcfg.n_layers, "cached": cached,
+                      "checkpoint": str(path), "loss": [[h["step"], round(h["loss"], 4)] for h in history if "loss" in h]}
+        models[arch] = as_lab_model(model.eval(), tok, f"lab-{arch.lower()}-verbatim", source=f"lab checkpoint {path}")
+    seen = {m.group().lower() for d in docs for m in _WORD.finditer(d)}
+    info["corpus"] = {"n_docs": n_docs, "chars": sum(len(d) + 1 for d in docs), "tokens": len(stream), "vocab": tok.vocab_size,
+                      "train_tokens": cfg.arch_steps * cfg.arch_batch_size * L, "seq_len": L,
+                      "noun_coverage": sum(w in seen for w in nouns) / len(nouns),
+                      "intervening_coverage": {k: tok.coverage(v, seen) for k, v in vignette["intervening"].items()},
+                      "frame_coverage": tok.coverage(vignette["preface"] + vignette["prompt"], seen)}
+    return models, tok, info
+
+# %% ../nbs/12_verbatim.ipynb #c041
+def arch_design(cfg) -> "VerbatimConfig":
+    "The sub-design the lab models are scored on."
+    return dataclasses.replace(cfg, list_lengths=cfg.arch_list_lengths, interveners=cfg.arch_interveners, list_types=("arbitrary",),
+                               sweep_list_types=("arbitrary",), scenarios=("intact",), n_per_cell=cfg.arch_n_per_cell,
+                               context_list_type="arbitrary")
+
+def _medians(m: dict, iv_keys) -> tuple[dict, dict]:
+    by_n = {c: {n: v["median"] for n, v in by_n.items()} for c, by_n in m["repeat_surprisal"]["arbitrary"].items()}
+    tok_to_key = {str(t): k for k, t in m["intervening_tokens"].items()}
+    by_iv = {tok_to_key[t]: {c: v["median"] for c, v in by_c.items()} for t, by_c in m["by_intervening_ci"]["arbitrary"].items()
+             if tok_to_key[t] in iv_keys}
+    return by_n, by_iv
+
+def architecture_contrast(cfg, embedded: dict | None = None, embedded_name: str = "embedded",
+                          progress: bool = False) -> dict:
+    "Train (or load) the lab models, score them on `arch_design(cfg)`, and put them beside the embedded model's metrics."
+    models, tok, info = train_arch_models(cfg, progress=progress)
+    design, vignette = arch_design(cfg), load_vignette()
+    stimuli = grid_stimuli(design, vignette=vignette)
+    out = {"architectures": {}, "architectures_by_intervening": {}, "architectures_ci": {}, "architectures_training": info,
+           "architectures_intervening_tokens": {}, "architectures_n_per_cell": design.n_per_cell}
+    keys = [str(k) for k in design.interveners]
+    for arch, lm in models.items():
+        with _threads(cfg.arch_threads):
+            scores = score_stimuli(lm, stimuli, cfg.batch_size)
+        iv_tokens = {k: len(lm.encode(vignette["intervening"][str(k)])) for k in design.interveners}
+        m = _aggregate(design, stimuli, scores, iv_tokens)
+        out["architectures"][arch], out["architectures_by_intervening"][arch] = _medians(m, keys)
+        out["architectures_ci"][arch] = m["repeat_surprisal"]["arbitrary"]
+        out["architectures_intervening_tokens"][arch] = m["intervening_tokens"]
+        first = [f[1:].mean() for (f, _), st in zip(scores, stimuli) if st.condition == "control"]
+        info[arch]["first_list_surprisal"] = float(np.median(first))   # nats per noun: how well it knows the nouns at all
+    if embedded is not None:
+        have_n = set(cfg.arch_list_lengths) <= set(cfg.list_lengths) and "arbitrary" in cfg.list_types
+        have_iv = set(cfg.arch_interveners) <= set(cfg.interveners) and "arbitrary" in cfg.sweep_list_types
+        if have_n and have_iv:
+            by_n, by_iv = _medians(embedded, keys)
+            out["architectures"][embedded_name] = {c: {n: v for n, v in d.items() if int(n) in cfg.arch_list_lengths} for c, d in by_n.items()}
+            out["architectures_by_intervening"][embedded_name] = by_iv
+            out["architectures_intervening_tokens"][embedded_name] = {k: embedded["intervening_tokens"][k] for k in keys}
+    return out

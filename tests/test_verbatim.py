@@ -147,3 +147,30 @@ def test_probe_runs_and_repeat_is_cheaper(model):
     assert len(res.metrics["per_position"]["arbitrary"]["repeat"]["second"]) == 10
     assert res.figure() is not None and res.summary()
     assert PROBES["verbatim"].run is run and PROBES["verbatim"].config is VerbatimConfig
+
+
+# -- lab models (the architecture contrast) ---------------------------------------------------------
+def test_word_tokenizer_and_corpus():
+    from seqlab.verbatim import WordTokenizer, arch_corpus
+    tok = WordTokenizer.from_texts(["Mary bought apples, pears."])
+    enc = tok("Mary bought kiwis, pears.", return_offsets_mapping=True)
+    assert enc["input_ids"] == [2, 3, tok.unk_token_id, 5, 6, 7] and enc["offset_mapping"][2] == (12, 17)
+    with pytest.raises(BadInput, match="outside"): tok.decode([99])
+    with pytest.raises(BadInput, match="n_docs"): arch_corpus(0)
+    assert arch_corpus(4, seed=2) == arch_corpus(4, seed=2)
+
+
+def test_lab_models_train_cache_and_score(tmp_path):
+    from seqlab.verbatim import train_arch_models
+    cfg = VerbatimConfig(arch_steps=2, arch_n_docs=20, arch_seq_len=32, arch_d_model=16, arch_n_heads=2)
+    models, tok, info = train_arch_models(cfg, root=tmp_path)
+    assert abs(info["LSTM"]["n_params"] / info["Transformer"]["n_params"] - 1) < 0.1   # matched parameter counts
+    assert not info["LSTM"]["cached"] and len(info["LSTM"]["loss"]) == 2
+    assert train_arch_models(cfg, root=tmp_path)[2]["Transformer"]["cached"]          # second run loads, no training
+    nouns = load_lists()["arbitrary"][0][:4]
+    st = make_stimulus(nouns, nouns[::-1], load_vignette())
+    for lm in models.values():
+        ids, offs = token_offsets(lm, st.text)
+        assert [tok.words[ids[p[0]]] for p in word_pieces(offs, st.second, st.text)] == nouns[::-1]   # one token per noun
+        f, s = score_stimuli(lm, [st])[0]
+        assert len(f) == len(s) == 4 and np.isfinite(f).all() and np.isfinite(s).all() and (f > 0).all()
