@@ -157,36 +157,57 @@ def _cmd_bench(args):
     return rc
 
 # %% ../nbs/30_cli.ipynb #c012
+def _directives(src: str) -> dict:
+    out = {}
+    for line in src.splitlines():
+        if not line.startswith("#|"): continue
+        body = line[2:].strip(); k, _, v = body.partition(":")
+        out[k.strip()] = v.strip() or True
+    return out
+
+def _site_cells(nb):
+    "The cells the site shows, with directive lines removed and hidden inputs tagged."
+    cells = []
+    for c in nb.cells:
+        d = _directives(c.source) if c.cell_type == "code" else {}
+        if "hide" in d or d.get("include") == "false" or "default_exp" in d: continue
+        if c.cell_type == "code":
+            c.source = "\n".join(l for l in c.source.splitlines() if not l.startswith("#|"))
+            if d.get("echo") == "false": c.metadata.setdefault("tags", []).append("remove_input")
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
 def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None = None, execute: bool = True,
                        timeout: int = 1800) -> Path:
     "Process the notebooks with nbdev, execute them, and write an offline HTML preview with an index."
     import os, nbformat
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
     root = Path(__file__).resolve().parent.parent
-    nbdev_proc = Path(sys.executable).parent / "nbdev-proc-nbs"
-    cmd = [str(nbdev_proc), "--n-workers", "1"]
+    cmd = [str(Path(sys.executable).parent / "nbdev-proc-nbs"), "--n-workers", "1"]
     if only: cmd += ["--file-re", "^(" + "|".join(re.escape(o) for o in only) + r")\.ipynb$"]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if r.returncode != 0:
         raise SeqlabError(f"nbdev-proc-nbs could not process the notebooks; fix the notebook it names:\n{(r.stdout + r.stderr)[-1500:]}")
-    proc = root / "_proc"
-    nbs = sorted(p for p in proc.glob("*.ipynb") if not only or p.stem in only)
-    if not nbs: raise SeqlabError(f"No notebooks matched {only} in {proc}.")
+    src = root / "nbs"
+    nbs = sorted(p for p in src.glob("*.ipynb") if not only or p.stem in only)
+    if not nbs: raise SeqlabError(f"No notebooks matched {only} in {src}.")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PLOTLY_RENDERER", "notebook")  # plotly.js inline once per page: renders offline
+    c = Config(); c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}; c.TagRemovePreprocessor.enabled = True
+    exporter = HTMLExporter(config=c, template_name="lab")
     pages = []
     for p in nbs:
         nb = nbformat.read(p, as_version=4)
-        std = {"id", "cell_type", "metadata", "source", "outputs", "execution_count", "attachments"}
-        for c in nb.cells:  # nbdev's processing leaves bookkeeping keys that nbformat's validator rejects
-            for k in [k for k in c if k not in std]: del c[k]
-        title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("#")), p.stem)
+        nb.cells = [c for c in nb.cells if "nbdev_export()" not in c.source]  # never re-export while previewing
+        title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")), p.stem)
         err = None
         if execute:
             from nbclient import NotebookClient
-            try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(proc)}}).execute()
+            try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src)}}).execute()
             except Exception as e: err = f"{type(e).__name__}: {str(e)[-500:]}"
-        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+        body, _ = exporter.from_notebook_node(_site_cells(nb))
         with atomic_path(out / f"{p.stem}.html") as t: t.write_text(body)
         pages.append((p.stem, title, err))
     items = "".join(f"<li><a href='{s}.html'>{html.escape(t)}</a>" + (f" <b>failed</b>: <code>{html.escape(e)}</code>" if e else "") + "</li>" for s, t, e in pages)

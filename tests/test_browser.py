@@ -51,7 +51,7 @@ def test_docs_preview_renders_the_figures(browser, tmp_path):
     index = build_docs_preview(tmp_path / "docs", only=["index", "20_viz"])
     page = browser.new_page()
     page.goto(index.as_uri())
-    assert page.locator("li a").count() == 2 and "failed" not in page.content()
+    assert page.locator("li a").count() == 2 and "<b>failed</b>" not in page.content()
     page.goto((tmp_path / "docs" / "20_viz.html").as_uri())
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
     plots = plot_summary(page)
