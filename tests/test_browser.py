@@ -66,12 +66,15 @@ def _free_port():
 
 @pytest.fixture
 def jupyterlab(tmp_path):
+    import shutil
     port, token = _free_port(), secrets.token_hex(12)
+    root = tmp_path / "nbs"  # a copy: JupyterLab autosaves what it runs, and the repository's notebooks stay clean
+    shutil.copytree(NBS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
     jupyter = Path(sys.executable).parent / "jupyter"
     proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                              f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
-                             f"--ServerApp.root_dir={NBS}", "--ServerApp.open_browser=False"]
+                             f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"]
                             + (["--allow-root"] if os.geteuid() == 0 else []),
                             env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
