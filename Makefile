@@ -34,8 +34,10 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# every probe's small preset on the embedded model (minutes to tens of minutes on 2 cores; trained checkpoints are
+# cached, so a second run is faster); FULL=1 runs the default presets, which are meant for a GPU or a long CPU run
 report: install
-	$(BIN)/seqlab report --out $(OUT)
+	$(BIN)/seqlab report --out $(OUT) $(if $(FULL),,--quick)
 
 lab: install
 	$(BIN)/jupyter lab nbs/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

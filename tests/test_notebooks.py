@@ -25,3 +25,14 @@ def test_notebooks_are_clean_and_small():
         big = [i for i, c in enumerate(cells) for o in c.get("outputs", []) if len(json.dumps(o)) > 200_000]
         assert not big, f"{nb.name} cells {big} carry outputs over 200 kB (figure or widget dumps)"
     assert total < 5_000_000
+
+
+def test_readme_is_the_index_notebook():
+    "README.md is generated from nbs/index.ipynb (the docs landing page): every paragraph of one is in the other."
+    readme = (ROOT / "README.md").read_text()
+    cells = json.loads((ROOT / "nbs" / "index.ipynb").read_text())["cells"]
+    for c in cells:
+        if c["cell_type"] != "markdown": continue
+        for para in "".join(c["source"]).replace("> ", "", 1).split("\n\n"):
+            assert para.strip() in readme, f"README.md is stale; regenerate it from nbs/index.ipynb: missing {para[:80]!r}"
+    assert "make report" in readme and "make test" in readme
