@@ -1,5 +1,5 @@
-"""State collapse over a long stream: a trained collapse-study Mamba-2 (the quick preset's model at T=64, trained and
-cached on first use) reads >= 1M characters of generated text in step mode (pieces, state carried, input generated
+"""State collapse over a long stream: a trained collapse-study Mamba-2 (the quick preset's mitigation model, T=128,
+trained and cached on first use) reads >= 1M characters of generated text in step mode (pieces, state carried, input generated
 piece by piece, only per-chunk statistics and per-token loss kept), unmitigated and with each mitigation.
 
 Prints, per mitigation: loss in the first and last buckets, final state RMS of the top heads, max |h|, and the

@@ -156,11 +156,26 @@ def test_onset_definition():
     assert collapse_onset([[0, 3.0], [32, 9.0], [64, 1.05]], 64, 1.0, 0.2) is None   # within T never counts
 
 
+def test_init_knobs_reach_the_model():
+    "The long-memory init is a config choice: -A per head must be drawn from A_init_range, dt from [dt_min, dt_max]."
+    from seqlab.collapse import mamba_config
+    for lo, hi in [(0.01, 0.1), (1.0, 16.0)]:
+        torch.manual_seed(0)
+        m = Mamba2(mamba_config(CollapseConfig(A_init_range=(lo, hi), dt_min=1e-3, dt_max=1e-2)))
+        for b in m.blocks:
+            A = b.ssm.A_log.exp()
+            assert (A >= lo * 0.999).all() and (A <= hi * 1.001).all()
+            dt = torch.nn.functional.softplus(b.ssm.dt_bias)
+            assert (dt >= 1e-3 * 0.99).all() and (dt <= 1e-2 * 1.01).all()
+
+
 def test_bad_input():
     with pytest.raises(BadInput, match="multiple of chunk_size"): CollapseConfig(train_lens=(50,))
     with pytest.raises(BadInput, match="eval_mult"): CollapseConfig(eval_mult=8)
     with pytest.raises(BadInput, match="cannot hold a passkey"): CollapseConfig(train_lens=(32,), chunk_size=16, capacity_train_len=32, mitigation_train_len=32)
     with pytest.raises(BadInput, match="mitigation_train_len"): CollapseConfig(train_lens=(128,), mitigation_train_len=64)
+    with pytest.raises(BadInput, match="A_init_range"): CollapseConfig(A_init_range=(0.1, 0.01))
+    with pytest.raises(BadInput, match="dt_min"): CollapseConfig(dt_min=0.2, dt_max=0.1)
     with pytest.raises(BadInput, match="window_chunks"): StateWindow(0, 8)
     with pytest.raises(BadInput, match="tau"): StateNorm(torch.tensor([[1.0, 0.0]]))
     with pytest.raises(BadInput, match="alpha_max"): ForgetMore(0.5, 1.5)
