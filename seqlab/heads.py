@@ -21,12 +21,13 @@ from .core import BadInput, Probe, Result, seed_everything
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['PROBES', 'FORMS', 'EXT_KINDS', 'InductionConfig', 'repeated_random_tokens', 'induction_scores', 'token_losses',
-           'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs',
-           'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
-           'full_vocab_scores', 'shift_model', 'ov_pairs_for_ids', 'SuccessorConfig', 'mod10_probe',
-           'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss', 'SuccessorResult', 'run_successor',
-           'ngram_head_scores', 'regbench_texts', 'repeated_word_sequences', 'NgramConfig', 'NgramResult', 'run_ngram']
+__all__ = ['PROBES', 'FORMS', 'EXT_KINDS', 'ICLL_PRESETS', 'InductionConfig', 'repeated_random_tokens', 'induction_scores',
+           'token_losses', 'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs',
+           'succession_pairs', 'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs',
+           'succession_scores', 'full_vocab_scores', 'shift_model', 'ov_pairs_for_ids', 'SuccessorConfig',
+           'mod10_probe', 'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss', 'SuccessorResult',
+           'run_successor', 'ngram_head_scores', 'regbench_texts', 'repeated_word_sequences', 'NgramConfig',
+           'NgramResult', 'trained_ngram_scan', 'icll_ngram', 'run_ngram']
 
 # %% ../nbs/11_heads.ipynb #c004
 __all__ = ["InductionConfig", "InductionResult", "repeated_random_tokens", "induction_scores", "token_losses",
@@ -132,7 +133,8 @@ __all__ += ["FORMS", "EXT_KINDS", "roman_numerals", "ordinal_tasks", "OrdinalPai
             "folded_unembed", "stacked_ov", "head_inputs", "ov_outputs", "succession_scores", "full_vocab_scores",
             "shift_model", "ov_pairs_for_ids", "SuccessorConfig", "SuccessorResult", "mod10_probe", "arithmetic_success",
             "incrementation_prompts", "head_ablation_dloss", "run_successor",
-            "ngram_head_scores", "regbench_texts", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram"]
+            "ngram_head_scores", "regbench_texts", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram",
+            "ICLL_PRESETS", "trained_ngram_scan", "icll_ngram"]
 
 # %% ../nbs/11_heads.ipynb #c021
 FORMS = ("space", "bare", "space_case", "bare_case")
@@ -569,6 +571,8 @@ def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: i
     return torch.stack(out)
 
 # %% ../nbs/11_heads.ipynb #c049
+ICLL_PRESETS = ("full", "quick", "off")
+
 @dataclasses.dataclass
 class NgramConfig:
     "How many sequences of each kind, their lengths, and which match lengths n to score."
@@ -580,10 +584,19 @@ class NgramConfig:
     ns: tuple = (1, 2, 3)
     batch_size: int = 8
     top_k: int = 10
+    icll_preset: str = "full"     # which seqlab.icl preset trains the lab models: "full" (ICLLConfig()), "quick", or "off"
+    ngram_layer_archs: tuple = ("mamba2", "lstm")   # recurrent models trained with and without the hard-wired n-gram layers
     seed: int = 0
 
     @classmethod
-    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4)
+    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll_preset="quick")
+
+    def __post_init__(self):
+        self.ns, self.ngram_layer_archs = tuple(self.ns), tuple(self.ngram_layer_archs)
+        if not self.ns or min(self.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {self.ns}.")
+        if self.icll_preset not in ICLL_PRESETS: raise BadInput(f"Unknown icll_preset {self.icll_preset!r}; use one of {ICLL_PRESETS}.")
+        bad = [a for a in self.ngram_layer_archs if a not in ("mamba2", "lstm")]
+        if bad: raise BadInput(f"ngram_layer_archs {bad} unknown; the icll probe builds n-gram hybrids of 'mamba2' and 'lstm'.")
 
 @dataclasses.dataclass
 class NgramResult(Result):
@@ -591,14 +604,26 @@ class NgramResult(Result):
 
     def figure(self):
         m = self.metrics; ns = m["ns"]
-        fig = make_subplots(2, len(ns), subplot_titles=[f"{d}, n={n} ({n + 1}-gram)" for d in ("dfa", "words") for n in ns],
-                            vertical_spacing=0.12)
-        for r, d in enumerate(("dfa", "words"), 1):
-            z = np.array(m["scores"][d])                                  # [layer, head, n]
+        tr = m.get("trained")
+        rows = [("dfa", m["scores"]["dfa"], f"{self.model}, DFA letters"), ("words", m["scores"]["words"], f"{self.model}, repeated words")]
+        if tr: rows.append(("trained", tr["scores"], f"{tr['model']}, held-out REGBENCH"))
+        extra = bool(m["ngram_layer"])
+        specs = [[{}] * len(ns) for _ in rows] + ([[{"colspan": len(ns)}] + [None] * (len(ns) - 1)] if extra else [])
+        titles = [f"{lab}, n={n} ({n + 1}-gram)" for _, _, lab in rows for n in ns]
+        if extra: titles.append("icll accuracy of recurrent models without / with hard-wired n-gram layers")
+        fig = make_subplots(len(specs), len(ns), specs=specs, subplot_titles=titles, vertical_spacing=0.08)
+        for r, (_, sc, _) in enumerate(rows, 1):
+            z = np.array(sc)                                              # [layer, head, n]
             for c in range(len(ns)):
                 fig.add_trace(go.Heatmap(z=z[:, :, c], coloraxis="coloraxis", hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), r, c + 1)
-        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=720,
-                          title=f"n-gram head scores on {self.model} (rows: DFA letters, repeated words; x head, y layer)")
+        if extra:
+            archs = list(m["ngram_layer"])
+            for k, color in (("without", "#7f7f7f"), ("with", "#2ca02c")):
+                fig.add_trace(go.Bar(x=archs, y=[m["ngram_layer"][a][k] for a in archs], name=f"{k} n-gram layers",
+                                     marker_color=color), len(specs), 1)
+            fig.update_yaxes(range=[0, 1], title_text="accuracy", row=len(specs), col=1)
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=300 * len(specs), barmode="group",
+                          title=f"n-gram head scores (x head, y layer) on {self.model}" + (" and an icll-trained Transformer" if tr else ""))
         return fig
 
     def summary(self):
@@ -607,10 +632,77 @@ class NgramResult(Result):
             for n in m["ns"]:
                 h = m["top"][d][str(n)][0]
                 rows.append([f"{d} n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
-        rows.append(["n-gram layer effect", "not measured yet (needs icll-trained lab models)" if not m["ngram_layer"] else str(m["ngram_layer"])])
+        if m.get("trained"):
+            tr = m["trained"]
+            rows.append([f"{tr['model']} icll accuracy", f"{tr['accuracy']:.3f}"])
+            for n in m["ns"]:
+                h = tr["top"][str(n)][0]
+                rows.append([f"trained n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
+        for a, v in m["ngram_layer"].items():
+            rows.append([f"{a} icll accuracy without / with n-gram layers", f"{v['without']:.3f} / {v['with']:.3f}"])
+        if not m["ngram_layer"]: rows.append(["n-gram layer effect", "not measured (icll_preset='off')"])
         return rows
 
-# %% ../nbs/11_heads.ipynb #c050
+# %% ../nbs/11_heads.ipynb #c051
+@torch.no_grad()
+def trained_ngram_scan(net, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], ns,
+                       batch_size: int = 32) -> Float[Tensor, "layer head n 2"]:
+    "n-gram head scores (score, uniform baseline) of every head of a lab Transformer (`seqlab.archs`) on padded token batches."
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(len(net.blocks))]
+    device = next(net.parameters()).device
+    tot = 0
+    for s in range(0, tokens.shape[0], batch_size):
+        t, am = tokens[s:s + batch_size].to(device), attention_mask[s:s + batch_size].to(device)
+        _, cache = net.run_with_cache(t, attention_mask=am, names_filter=names)
+        tot = tot + torch.stack([ngram_head_scores(cache[n].float(), t, ns, am).sum(0).cpu() for n in names])
+    return tot[..., :2] / tot[..., 2:].clamp(min=1)
+
+def _icll_setup(preset: str, seed: int):
+    "The icll probe's config, splits, test truth, tokenizer and data key for one of its presets."
+    from seqlab.icl import ICLLConfig, _key, dfa_next_dists, icll_tokenizer, make_splits
+    icfg = dataclasses.replace(ICLLConfig() if preset == "full" else ICLLConfig.quick(), seed=seed)
+    # run_icll's recipe, step for step: the data key must match for its cached checkpoints to be found
+    rb = icfg.regbench()
+    sizes = {"train": max(icfg.train_sizes), "val": icfg.n_val, "test": icfg.n_test}
+    sp = make_splits(sizes, rb, seed=seed)["splits"]
+    truth = [dfa_next_dists(r["dfa"], r["text"]) for r in sp["test"]]
+    return icfg, sp, truth, icll_tokenizer(), _key([dataclasses.asdict(rb), sizes, seed])
+
+def icll_ngram(ns=(1, 2, 3), preset: str = "quick", seed: int = 0, layer_archs=("mamba2", "lstm")) -> dict:
+    "Load or train (through seqlab.icl's cache) the icll Transformer and recurrent models with/without n-gram layers; score heads and accuracy."
+    from seqlab.icl import _aggregate, _encode_instances, _letter_probs, _score_rows, _train_icll_model
+    if preset not in ("full", "quick"): raise BadInput(f"icll preset must be 'full' or 'quick', got {preset!r}.")
+    icfg, sp, truth, tok, data_key = _icll_setup(preset, seed)
+    n_train = max(icfg.train_sizes)
+    train_texts = [r["text"] for r in sp["train"][:n_train]]
+    def fit(name):
+        net = _train_icll_model(name, icfg, train_texts, tok, data_key)
+        agg = _aggregate(_score_rows(sp["test"], _letter_probs(net, sp["test"], tok, icfg), truth), icfg.max_chars - 1)
+        return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": sum(p.numel() for p in net.parameters())}
+    net, perf = fit("transformer")
+    enc = _encode_instances([r["text"] for r in sp["test"]], tok, max(len(r["text"]) for r in sp["test"]))
+    s = trained_ngram_scan(net, enc["tokens"], enc["attention_mask"], ns, icfg.eval_batch_size)
+    label = (f"icll-transformer-n{n_train} ({preset}: d_model {icfg.d_model}, {icfg.n_layers} layers x {icfg.n_heads} heads, "
+             f"{icfg.steps} steps)")
+    trained = dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=_rank_heads(s, ns), n_instances=len(sp["test"]), **perf)
+    layer, detail = {}, {}
+    for a in layer_archs:
+        detail[a] = {"without": fit(a)[1], "with": fit(a + "+ngram")[1]}
+        layer[a] = {k: v["accuracy"] for k, v in detail[a].items()}
+    return {"trained": trained, "ngram_layer": layer, "ngram_layer_detail": detail,
+            "icll": {"preset": preset, "n_train": n_train, "n_test": len(sp["test"]), "steps": icfg.steps,
+                     "d_model": icfg.d_model, "max_chars": icfg.max_chars}}
+
+# %% ../nbs/11_heads.ipynb #c052
+def _rank_heads(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[dict]]:
+    "For each n, every head as {layer, head, n, ngram_order, score, baseline}, best first."
+    top = {}
+    for c, n in enumerate(ns):
+        flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
+                for l in range(s.shape[0]) for h in range(s.shape[1])]
+        top[str(n)] = sorted(flat, key=lambda x: -x["score"])
+    return top
+
 def _ngram_scan(model: LabModel, toks: Tensor, ns, batch_size: int, desc: str) -> Tensor:
     def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
@@ -620,9 +712,9 @@ def _ngram_scan(model: LabModel, toks: Tensor, ns, batch_size: int, desc: str) -
 
 @torch.no_grad()
 def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
-    "Score every head for attention to the positions that follow earlier occurrences of its current n-token suffix."
+    "Score every head of `model`, and of a Transformer trained on icll data, for attention to the positions that follow earlier occurrences of its current n-token suffix; measure the n-gram layer's effect on recurrent icll models."
     if model.arch.kind != "attention": raise BadInput(f"The ngram probe needs an attention model; {model.name} is {model.arch.kind}.")
-    if not cfg.ns or min(cfg.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {cfg.ns}.")
+    cfg = dataclasses.replace(cfg)                   # re-runs the checks on a config edited after construction
     t0 = time.time(); gen = seed_everything(cfg.seed)
     from seqlab.icl import LETTERS, SEP
     ids = {c: model.encode(" " + c) for c in LETTERS + SEP}
@@ -634,18 +726,22 @@ def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
     for d, toks in (("dfa", dfa), ("words", words)):
         s = _ngram_scan(model, toks, cfg.ns, cfg.batch_size, d)
         scores[d] = s[..., 0]; top[d] = {}
-        for c, n in enumerate(cfg.ns):
-            flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
-                    for l in range(s.shape[0]) for h in range(s.shape[1])]
-            top[d][str(n)] = sorted(flat, key=lambda x: -x["score"])
+        top[d] = _rank_heads(s, cfg.ns)
     heads = [h for n in cfg.ns for h in top["dfa"][str(n)]]
     metrics = {"ns": list(cfg.ns), "heads": heads, "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
                "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
-               "ngram_layer": {}, "ngram_layer_note": "not measured yet: needs icll-trained lab models (issue 4 training runs)",
-               "n_seqs": cfg.n_seqs}
+               "ngram_layer": {}, "n_seqs": cfg.n_seqs}
+    if cfg.icll_preset != "off":
+        icll = icll_ngram(cfg.ns, cfg.icll_preset, cfg.seed, cfg.ngram_layer_archs)
+        tr = icll["trained"]
+        metrics["trained"] = dict(tr, top={n: v[:cfg.top_k] for n, v in tr["top"].items()})
+        metrics["trained_heads"] = [dict(h, model=tr["model"]) for n in cfg.ns for h in tr["top"][str(n)]]
+        metrics["ngram_layer"] = icll["ngram_layer"]
+        metrics["ngram_layer_detail"] = icll["ngram_layer_detail"]
+        metrics["icll"] = icll["icll"]
     return NgramResult("ngram", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
-# %% ../nbs/11_heads.ipynb #c051
+# %% ../nbs/11_heads.ipynb #c053
 PROBES["successor"] = Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",
                             SuccessorConfig, run_successor, needs="attention", page="heads")
 PROBES["ngram"] = Probe("ngram", "Which heads attend to the positions that follow earlier occurrences of the current n-token context?",

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from seqlab.core import BadInput
-from seqlab.heads import (NgramConfig, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ngram_head_scores,
-                          ordinal_tasks, ov_outputs, ov_pairs_for_ids, roman_numerals, run_ngram, run_successor, shift_model,
-                          stacked_ov, succession_pairs, succession_scores)
+from seqlab.heads import (NgramConfig, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, icll_ngram,
+                          ngram_head_scores, ordinal_tasks, ov_outputs, ov_pairs_for_ids, roman_numerals, run_ngram,
+                          run_successor, shift_model, stacked_ov, succession_pairs, succession_scores, trained_ngram_scan)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,35 @@ def test_successor_probe_on_embedded_model(smol):
 
 
 def test_ngram_probe_on_embedded_model(smol):
-    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2))
+    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2, icll_preset="off"))
     m = res.metrics
     assert len(m["heads"]) == 3 * 270 and {"layer", "head", "n", "score"} <= set(m["heads"][0])
     best = m["top"]["words"]["1"][0]
     assert best["score"] > 0.5 and best["score"] > 3 * best["baseline"]   # induction-like heads exist on repeated words
-    assert m["ngram_layer"] == {}
+    assert m["ngram_layer"] == {} and "trained" not in m             # icll models skipped when asked
+    assert any("not measured" in str(r[1]) for r in res.summary())
     with pytest.raises(BadInput, match="ns must be"): run_ngram(smol, NgramConfig(ns=(0,)))
+
+
+def test_trained_ngram_scan_on_a_lab_transformer_ignores_batching_and_padding():
+    from seqlab.archs import Transformer, TransformerConfig
+    torch.manual_seed(0)
+    net = Transformer(TransformerConfig(d_vocab=6, n_ctx=32, d_model=16, n_layers=2, n_heads=2)).eval()
+    toks = torch.randint(0, 5, (4, 20))
+    full = torch.ones_like(toks)
+    s = trained_ngram_scan(net, toks, full, (1, 2), batch_size=4)
+    assert s.shape == (2, 2, 2, 2)
+    torch.testing.assert_close(trained_ngram_scan(net, toks, full, (1, 2), batch_size=1), s)
+    # the same sequences right-padded with token 5 to length 26: the padding must not enter any score
+    padded = torch.cat([toks, torch.full((4, 6), 5)], 1)
+    mask = torch.cat([full, torch.zeros(4, 6, dtype=torch.long)], 1)
+    torch.testing.assert_close(trained_ngram_scan(net, padded, mask, (1, 2), batch_size=3), s)
+    # the uniform baseline of a causal model depends only on the tokens: same for every head
+    assert torch.allclose(s[..., 1], s[0, 0, :, 1].expand(2, 2, 2))
+
+
+def test_ngram_config_checks():
+    with pytest.raises(BadInput, match="icll_preset"): NgramConfig(icll_preset="huge")
+    with pytest.raises(BadInput, match="ngram_layer_archs"): NgramConfig(ngram_layer_archs=("transformer",))
+    with pytest.raises(BadInput, match="icll preset"): icll_ngram(preset="off")
+    assert NgramConfig.quick().icll_preset == "quick" and NgramConfig().icll_preset == "full"
