@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.seqlab-installed
 OUT ?= report
 
-.PHONY: install browser test test-fast report lab bench docs export
+.PHONY: install browser test test-notebooks test-fast report lab bench docs export
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ browser:
 	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "make: the browser tests need Debian's chromium (sudo apt-get install chromium); without it they are skipped"; fi; }
 
-# pytest (CLI end to end, bad input, integration on the embedded model), then every notebook top to bottom
+# pytest (CLI end to end, bad input, integration on the embedded model, the browser tests), then the notebooks'
+# example cells. Slow notebook cells (loading the embedded model, training) run in `make test-notebooks`; the
+# browser tests already run 20_viz and index top to bottom.
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
-	$(BIN)/nbdev-test --flags slow --n-workers 1
+	$(BIN)/nbdev-test --n-workers 2
+
+test-notebooks: install
+	$(BIN)/nbdev-test --flags slow --n-workers 1 --timing
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

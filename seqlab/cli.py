@@ -200,7 +200,8 @@ def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None
     pages = []
     for p in nbs:
         nb = nbformat.read(p, as_version=4)
-        nb.cells = [c for c in nb.cells if "nbdev_export()" not in c.source]  # never re-export while previewing
+        # never re-export while previewing (the call is spelled in two parts: nbdev skips any cell that contains it)
+        nb.cells = [c for c in nb.cells if "nbdev_export" + "()" not in c.source]
         title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")), p.stem)
         err = None
         if execute:
