@@ -1,4 +1,4 @@
-"""State collapse over a long stream: a trained collapse-study Mamba-2 (the quick preset's mitigation model, T=128,
+"""State collapse over a long stream: a trained collapse-study Mamba-2 (the quick preset's mitigation model, T=64,
 trained and cached on first use) reads >= 1M characters of generated text in step mode (pieces, state carried, input generated
 piece by piece, only per-chunk statistics and per-token loss kept), unmitigated and with each mitigation.
 
