@@ -94,21 +94,24 @@ def _forward(model: LabModel, batch, names, keep):
     if "logits" in names: store["logits"] = keep("logits", logits)
     return store, mask
 
+@torch.no_grad()
 def estimate_bytes(model: LabModel, names: list[str], batch_size: int, seq_len: int) -> dict[str, int]:
     "Bytes each named (unreduced) activation takes for one batch of `batch_size` x `seq_len`, measured on two tiny inputs."
-    low = max(getattr(model.tokenizer, "all_special_ids", []) or [-1]) + 1
-    sizes = {}
-    for L in (4, 8):
-        toks = torch.arange(low, low + L)[None] % model.arch.d_vocab
-        store, _ = _forward(model, toks, names, _keep_fn(None, "cpu"))
-        for n in names: sizes.setdefault(n, []).append(store[n].numel() * store[n].element_size())
-    out = {}
-    for n, (s4, s8) in sizes.items():
-        p = round(math.log2(max(s8, 1) / max(s4, 1)))  # 1: per position, 2: position pairs
-        out[n] = int(s4 * (seq_len / 4) ** p * batch_size)
-    return out
+    known = model.__dict__.setdefault("_capture_sizes", {})  # name -> (bytes at length 4, growth exponent)
+    todo = [n for n in names if n not in known]
+    if todo:
+        low = max(getattr(model.tokenizer, "all_special_ids", []) or [-1]) + 1
+        sizes = {}
+        for L in (4, 8):
+            toks = torch.arange(low, low + L)[None] % model.arch.d_vocab
+            store, _ = _forward(model, toks, todo, _keep_fn(None, "cpu"))
+            for n in todo: sizes.setdefault(n, []).append(store[n].numel() * store[n].element_size())
+        for n, (s4, s8) in sizes.items():
+            known[n] = (s4, round(math.log2(max(s8, 1) / max(s4, 1))))  # 1: per position, 2: position pairs
+    return {n: int(known[n][0] * (seq_len / 4) ** known[n][1] * batch_size) for n in names}
 
 # %% ../nbs/02_capture.ipynb #c010
+@torch.no_grad()  # capture observes; without this every batch would also build an autograd graph
 def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callable | None = None,
             spill_dir: str | Path | None = None, budget_mb: float | None = None, device: str = "cpu",
             progress: bool = True, desc: str = "capture") -> Capture:

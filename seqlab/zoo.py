@@ -178,6 +178,10 @@ def _fast_module(hf, what: str, layer: int | None):
     blk = hf.model.layers[layer]
     return {"layer": blk, "ln2": blk.post_attention_layernorm, "attn": blk.self_attn, "mlp": blk.mlp}[what]
 
+def _sdpa_mask(mask):
+    "No mask when nothing is padded: SDPA then takes its causal kernel instead of materialising a 4-D mask."
+    return None if mask is None or bool(mask.all()) else mask
+
 def _first_tensor(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
@@ -295,7 +299,7 @@ class LabModel:
     def forward(self, inputs, attention_mask=None) -> Float[Tensor, "batch pos d_vocab"]:
         "Logits for texts or tokens, on the fastest path the model has."
         toks, mask = self._inputs(inputs, attention_mask)
-        if self.fast is not None: return self.fast(input_ids=toks, attention_mask=mask).logits
+        if self.fast is not None: return self.fast(input_ids=toks, attention_mask=_sdpa_mask(mask)).logits
         return self.hooked(toks, attention_mask=mask)
 
     __call__ = forward
@@ -333,7 +337,7 @@ class LabModel:
                 else:
                     fn = lambda m, args, out, n=n: store.__setitem__(n, keep(n, _first_tensor(out)))
                     handles.append(mod.register_forward_hook(fn))
-            try: logits = self.fast(input_ids=toks, attention_mask=mask).logits
+            try: logits = self.fast(input_ids=toks, attention_mask=_sdpa_mask(mask)).logits
             finally:
                 for h in handles: h.remove()
             return logits, store
