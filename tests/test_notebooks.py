@@ -31,8 +31,9 @@ def test_readme_is_the_index_notebook():
     "README.md is generated from nbs/index.ipynb (the docs landing page): every paragraph of one is in the other."
     readme = (ROOT / "README.md").read_text()
     cells = json.loads((ROOT / "nbs" / "index.ipynb").read_text())["cells"]
-    for c in cells:
-        if c["cell_type"] != "markdown": continue
-        for para in "".join(c["source"]).replace("> ", "", 1).split("\n\n"):
+    md = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    md[0] = md[0].replace("> ", "", 1)  # the title cell's description line loses its quote marker
+    for text in md:
+        for para in text.split("\n\n"):
             assert para.strip() in readme, f"README.md is stale; regenerate it from nbs/index.ipynb: missing {para[:80]!r}"
     assert "make report" in readme and "make test" in readme
