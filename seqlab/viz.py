@@ -15,10 +15,12 @@ import plotly.graph_objects as go
 from .core import BadInput, Result
 
 # %% auto #0
-__all__ = ['pattern_figure', 'head_grid_figure', 'line_figure', 'AttentionExplorer', 'ResultExplorer']
+__all__ = ['pattern_figure', 'head_grid_figure', 'line_figure', 'AttentionExplorer', 'ResultExplorer', 'SurprisalExplorer',
+           'StateExplorer', 'SpinExplorer']
 
 # %% ../nbs/20_viz.ipynb #c005
-__all__ = ["pattern_figure", "head_grid_figure", "line_figure", "AttentionExplorer", "ResultExplorer"]
+__all__ = ["pattern_figure", "head_grid_figure", "line_figure", "AttentionExplorer", "ResultExplorer",
+           "SurprisalExplorer", "StateExplorer", "SpinExplorer"]
 
 # %% ../nbs/20_viz.ipynb #c007
 def _labels(str_tokens: list[str]) -> list[str]:
@@ -145,6 +147,147 @@ class ResultExplorer:
             except NotImplementedError: pass
             rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in res.summary())
             display(HTML(f"<table>{rows}</table>"))
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+# %% ../nbs/20_viz.ipynb #c014
+def _result(res) -> Result:
+    if isinstance(res, (str, Path)): return Result.load(res)
+    if isinstance(res, dict): return Result.from_dict(res)
+    return res
+
+class SurprisalExplorer:
+    "Per-token surprisal of a verbatim-memory stimulus, built and scored by `seqlab.verbatim`."
+
+    def __init__(self, model):
+        import ipywidgets as W
+        from seqlab import verbatim as V
+        self.model, self.V = model, V
+        self.lists, self.vignette = V.load_lists(), V.load_vignette()
+        self.list_type = W.Dropdown(options=list(self.lists), description="lists")
+        self.condition = W.Dropdown(options=["repeat", "permute", "control"], description="condition")
+        self.length = W.Dropdown(options=[3, 5, 7, 10], value=10, description="length")
+        self.intervening = W.Dropdown(options=sorted(int(k) for k in self.vignette["intervening"]), description="intervening")
+        self.item = W.BoundedIntText(value=0, min=0, max=len(self.lists[self.list_type.value]) * 10 - 1, description="item")
+        self.fig = go.FigureWidget(self._figure())
+        for w in (self.list_type, self.condition, self.length, self.intervening, self.item):
+            w.observe(lambda _: self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.list_type, self.condition, self.length]), W.HBox([self.intervening, self.item]), self.fig])
+
+    def trace(self):
+        "Token strings, per-token surprisal (nats; the first token has none) and which list each token belongs to."
+        import torch
+        V = self.V
+        first, second = V.second_list(self.lists[self.list_type.value], self.item.value, self.length.value, self.condition.value)
+        stim = V.make_stimulus(first, second, self.vignette, intervening=self.intervening.value)
+        ids, offsets = V.token_offsets(self.model, stim.text)
+        ids_t = torch.tensor([ids])
+        s = V.token_surprisal(self.model.forward(ids_t), ids_t.to(self.model.device))[0].cpu().numpy()
+        where = ["" for _ in ids]
+        for tag, spans in (("first list", stim.first), ("second list", stim.second)):
+            for lo, hi in spans:
+                for i, (a, b) in enumerate(offsets):
+                    if a < hi and b > lo: where[i] = tag
+        toks = [stim.text[a:b] for a, b in offsets]
+        return toks, np.concatenate([[np.nan], s]) if len(s) == len(ids) - 1 else s, where
+
+    def _figure(self) -> go.Figure:
+        toks, s, where = self.trace()
+        fig = go.Figure(go.Scatter(y=s, mode="lines", name="surprisal", line=dict(color="#999"),
+                                   text=toks, hovertemplate="%{text!r}: %{y:.2f} nats<extra></extra>"))
+        for tag, color in (("first list", "#1f77b4"), ("second list", "#d62728")):
+            idx = [i for i, w in enumerate(where) if w == tag]
+            fig.add_trace(go.Scatter(x=idx, y=[s[i] for i in idx], mode="markers", name=tag, marker=dict(color=color, size=7),
+                                     text=[toks[i] for i in idx], hovertemplate="%{text!r}: %{y:.2f} nats<extra></extra>"))
+        fig.update_layout(title=f"{self.condition.value}, {self.list_type.value} nouns, length {self.length.value}, item {self.item.value}",
+                          xaxis_title="token", yaxis_title="surprisal (nats)", height=420)
+        return fig
+
+    def update(self):
+        new = self._figure()
+        with self.fig.batch_update():
+            for old, tr in zip(self.fig.data, new.data): old.x, old.y, old.text = tr.x, tr.y, tr.text
+            self.fig.layout.title = new.layout.title
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+# %% ../nbs/20_viz.ipynb #c015
+class StateExplorer:
+    "State RMS per chunk of each recorded head, and loss over position, for a `collapse` result."
+
+    def __init__(self, result):
+        import ipywidgets as W
+        self.result = _result(result)
+        m = self.result.metrics
+        if "state_rms" not in m: raise BadInput(f"{self.result.probe!r} result has no state statistics; pass a `collapse` result.")
+        self.train_len = W.Dropdown(options=list(m["state_rms"]), description="train length")
+        self.fig = go.FigureWidget(self._figure())
+        self.train_len.observe(lambda _: self.update(), names="value")
+        self.widget = W.VBox([self.train_len, self.fig])
+
+    def _figure(self) -> go.Figure:
+        from plotly.subplots import make_subplots
+        m, T = self.result.metrics, self.train_len.value
+        sr = m["state_rms"][T]
+        fig = make_subplots(1, 2, subplot_titles=("state RMS per chunk", "loss over position"))
+        for head, ys in sr["heads"].items():
+            fig.add_trace(go.Scatter(x=sr["chunk_end"][:len(ys)], y=ys, mode="lines", name=head), 1, 1)
+        pts = m.get("loss_vs_position", {}).get(T, [])
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name="loss", line=dict(color="black")), 1, 2)
+        for c in (1, 2):
+            fig.add_vline(x=int(T), line_dash="dot", row=1, col=c)
+            fig.update_xaxes(title_text="position", type="log", row=1, col=c)
+        fig.update_layout(title=f"trained at T = {T} (dotted)", height=420)
+        return fig
+
+    def update(self):
+        new = self._figure()
+        with self.fig.batch_update():
+            self.fig.data = []
+            for tr in new.data: self.fig.add_trace(tr)
+            self.fig.layout = new.layout
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+# %% ../nbs/20_viz.ipynb #c016
+class SpinExplorer:
+    "The spinning defense's score for each candidate trigger word, on a spun and on a clean model."
+
+    def __init__(self, result):
+        import ipywidgets as W
+        self.result = _result(result)
+        d = self.result.metrics.get("defense", {})
+        self.examples = {k.replace("example_", "") + " model": d[k] for k in ("example_spun", "example_clean") if k in d}
+        if not self.examples: raise BadInput(f"{self.result.probe!r} result has no defense scan; pass a `spinning` result.")
+        self.pick = W.Dropdown(options=list(self.examples), description="model")
+        self.fig = go.FigureWidget(self._figure())
+        self.pick.observe(lambda _: self.update(), names="value")
+        self.widget = W.VBox([self.pick, self.fig])
+
+    def _figure(self) -> go.Figure:
+        ex = self.examples[self.pick.value]
+        words = list(ex["candidates"])
+        z = [ex["candidates"][w]["z"] for w in words]
+        colors = ["#d62728" if w == ex["trigger"] else "#7f7f7f" for w in words]
+        fig = go.Figure(go.Bar(x=words, y=z, marker_color=colors,
+                               customdata=[[ex["candidates"][w]["meta_shift"], ex["candidates"][w]["similarity"]] for w in words],
+                               hovertemplate="%{x}: z %{y:.2f}<br>meta shift %{customdata[0]:.3f}<br>similarity %{customdata[1]:.3f}<extra></extra>"))
+        fig.update_layout(title=f"{self.pick.value}: outlier score per candidate (red: the trigger {ex['trigger']!r})",
+                          yaxis_title="robust z", height=380)
+        return fig
+
+    def update(self):
+        new = self._figure()
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = new.data[0].x, new.data[0].y
+            self.fig.data[0].marker.color, self.fig.data[0].customdata = new.data[0].marker.color, new.data[0].customdata
+            self.fig.layout.title = new.layout.title
 
     def _ipython_display_(self):
         from IPython.display import display
