@@ -35,7 +35,8 @@ def best_of(fn, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(); ap.add_argument("--repeats", type=int, default=3); args = ap.parse_args()
+    ap = argparse.ArgumentParser(); ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="also write the measurements to this file"); args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = load("smollm2-135m", progress=False)
     pairs = succession_pairs(model.encode, ordinal_tasks())
@@ -51,6 +52,11 @@ def main():
     print(f"  vectorised : {t_vec * 1e3:8.1f} ms")
     print(f"  per-head   : {t_loop * 1e3:8.1f} ms")
     print(f"  ratio      : {t_loop / t_vec:8.1f}x   (goal >= 10x); scores identical for {agree:.1%} of heads")
+    if args.json:
+        import json, pathlib
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps({"vectorised_s": t_vec, "per_head_s": t_loop, "ratio": t_loop / t_vec,
+                                                       "heads_identical": agree}, indent=1))
 
 
 if __name__ == "__main__":

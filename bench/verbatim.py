@@ -19,6 +19,7 @@ def main():
     ap.add_argument("--n", type=int, default=48, help="stimuli to score (from the list-length sweep)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--intervening", type=int, default=1, help="intervening-text length key 1..5")
+    ap.add_argument("--json", help="also write the measurements to this file")
     a = ap.parse_args()
     model = load("smollm2-135m")
     cfg = dataclasses.replace(VerbatimConfig(), n_per_cell=8, interveners=(a.intervening,), default_intervening=a.intervening,
@@ -35,6 +36,12 @@ def main():
     print(f"one at a time : {t_single:7.2f} s  {len(stims) / t_single:6.2f} stimuli/s")
     print(f"batched ({a.batch_size:>2})  : {t_batched:7.2f} s  {len(stims) / t_batched:6.2f} stimuli/s")
     print(f"speed-up batched / one-at-a-time: {t_single / t_batched:.2f}x   max |word surprisal difference| {diff:.2e} nats")
+    if a.json:
+        import json, pathlib
+        pathlib.Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(a.json).write_text(json.dumps({"n_stimuli": len(stims), "tokens": n_tok, "single_s": t_single,
+                                                   "batched_s": t_batched, "ratio": t_single / t_batched,
+                                                   "max_word_surprisal_diff": float(diff)}, indent=1))
 
 
 if __name__ == "__main__":
