@@ -77,6 +77,13 @@ def _as_batch(batch, device) -> dict:
         raise BadInput(f"A batch must be a token tensor, a (tokens, loss_mask) pair or a dict with 'tokens'; got {type(batch).__name__}.")
     return {k: v.to(device) for k, v in batch.items() if v is not None}
 
+def _to_device(batch, device):
+    "A custom loss's batch, as `data` made it, with every tensor in it moved to `device`."
+    if isinstance(batch, Tensor): return batch.to(device)
+    if isinstance(batch, dict): return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)): return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
 def lm_loss(model, batch: dict) -> Tensor:
     "Mean next-token cross-entropy over the targets that `loss_mask` and `attention_mask` keep."
     toks = batch["tokens"]
@@ -89,12 +96,22 @@ def lm_loss(model, batch: dict) -> Tensor:
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), toks[:, 1:].flatten(), reduction="none")
     return (nll * keep.flatten()).sum() / keep.sum().clamp(min=1)
 
+def _loss(loss_fn, model, batch, device) -> tuple[Tensor, dict]:
+    "The loss of one batch and the extra scalars a custom `loss_fn` asks to log."
+    if loss_fn is None or loss_fn is lm_loss: return lm_loss(model, _as_batch(batch, device)), {}
+    out = loss_fn(model, _to_device(batch, device))
+    loss, logs = out if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict) else (out, {})
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise BadInput(f"loss_fn must return a scalar tensor (or a (scalar tensor, dict of scalars to log) pair); got {type(out).__name__}"
+                       + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "") + ".")
+    return loss.reshape(()), logs
+
 @torch.no_grad()
-def evaluate(model, batches, device=None) -> float:
-    "Mean loss over a list of batches (each as `train` accepts)."
+def evaluate(model, batches, device=None, loss_fn: Callable | None = None) -> float:
+    "Mean loss (`loss_fn`, default `lm_loss`) over a list of batches (each as `train` accepts)."
     device = device or next(model.parameters()).device
     was = model.training; model.eval()
-    losses = [float(lm_loss(model, _as_batch(b, device))) for b in batches]
+    losses = [float(_loss(loss_fn, model, b, device)[0]) for b in batches]
     model.train(was)
     return sum(losses) / len(losses)
 
@@ -221,10 +238,15 @@ def _resume(out: Path, model, opt, tokenizer) -> tuple[int, list]:
     return trainer["step"], trainer.get("history", [])
 
 def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval_data: list | None = None,
-          tokenizer=None, meta: dict | None = None, stop_at: int | None = None, device=None) -> dict:
-    """Train `model` on `data(step) -> batch`. Checkpoints go to `out` (resumed from if present).
-    Returns {'history': [{'step', 'loss', 'lr', 'grad_norm'} and {'step', 'eval_loss'}], 'step', 'checkpoint'}."""
+          tokenizer=None, meta: dict | None = None, stop_at: int | None = None, device=None,
+          loss_fn: Callable | None = None) -> dict:
+    """Train `model` on `data(step) -> batch` minimising `loss_fn(model, batch)` (default `lm_loss`), for training and eval.
+    Checkpoints go to `out` (resumed from if present; `out=None` writes none). Returns
+    {'history': [{'step', 'loss', 'lr', 'grad_norm', ...logged} and {'step', 'eval_loss'}], 'step', 'checkpoint'}."""
     device = get_device(device)
+    if out is not None:
+        try: _arch_name(model)     # refuse before training, not when the first checkpoint is due
+        except BadInput as e: raise BadInput(f"{e} Only those can be checkpointed: pass out=None and save the model yourself.") from None
     model.to(device).train()
     seed_everything(cfg.seed)
     opt = _optimizer(model, cfg)
@@ -245,7 +267,7 @@ def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval
     while step < end:
         lr = lr_at(step, cfg)
         for g in opt.param_groups: g["lr"] = lr
-        loss = lm_loss(model, _as_batch(data(step), device))
+        loss, logs = _loss(loss_fn, model, data(step), device)
         if not torch.isfinite(loss):
             bar.close()
             where = f"the last good checkpoint (step {last_good}) is kept at {out}" if last_good is not None else "no checkpoint was written"
@@ -260,10 +282,10 @@ def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval
                                    f"Lower the learning rate or tighten grad_clip.")
         opt.step()
         step += 1
-        history.append({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": gn.item()})
+        history.append({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": gn.item(), **{k: float(v) for k, v in logs.items()}})
         bar.update(1); bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
         if eval_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-            history.append({"step": step, "eval_loss": evaluate(model, eval_data, device)})
+            history.append({"step": step, "eval_loss": evaluate(model, eval_data, device, loss_fn)})
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < end: checkpoint(step)
     bar.close()
     if out is not None and last_good != step: checkpoint(step)

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from seqlab.archs import CharTokenizer, build_model
-from seqlab.core import CheckpointError, SeqlabError
-from seqlab.train import (TrainConfig, TrainingDiverged, batches_from_tokens, list_checkpoints, load_checkpoint,
+import torch.nn.functional as F
+
+from seqlab.core import BadInput, CheckpointError, SeqlabError
+from seqlab.train import (TrainConfig, TrainingDiverged, batches_from_tokens, list_checkpoints, lm_loss, load_checkpoint,
                           load_model, save_checkpoint, train)
 
 V = 12
@@ -108,3 +110,48 @@ def test_bad_batches_are_reported():
         train(fresh("LSTM"), lambda s: "abc", TrainConfig(steps=1, progress=False))
     with pytest.raises(SeqlabError, match="at least 2 tokens"):
         train(fresh("LSTM"), lambda s: torch.zeros(2, 1, dtype=torch.long), TrainConfig(steps=1, progress=False))
+
+
+def test_default_loss_is_lm_loss_bitwise():
+    "No loss_fn, loss_fn=lm_loss, and a custom wrapper of lm_loss (the custom-batch path) train identically."
+    cfg, data, ev = TrainConfig(steps=6, lr=5e-3, progress=False, eval_every=3), batches_from_tokens(counting(), 4, seed=1), [{"tokens": counting(4, seed=2)}]
+    runs = []
+    for fn in (None, lm_loss, lambda m, b: (lm_loss(m, b), {"n_tokens": b["tokens"].numel()})):
+        m = fresh("Transformer")
+        runs.append((train(m, data, cfg, eval_data=ev, loss_fn=fn)["history"], m.state_dict()))
+    (h0, s0), (h1, s1), (h2, s2) = runs
+    assert h0 == h1 and [{k: v for k, v in r.items() if k != "n_tokens"} for r in h2] == h0
+    assert all(r["n_tokens"] == 4 * 12 for r in h2 if "loss" in r)
+    for k in s0: assert torch.equal(s0[k], s1[k]) and torch.equal(s0[k], s2[k]), k
+
+
+class Regressor(torch.nn.Module):
+    "Not a lab architecture: a read-in to one LSTM layer to a scalar read-out."
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.out = torch.nn.LSTM(2, 16, batch_first=True), torch.nn.Linear(16, 1)
+    def forward(self, x): return self.out(self.rnn(x)[0])[..., 0]
+
+
+def running_sum(step, n=16, T=6):
+    x = torch.randn(n, T, 2, generator=torch.Generator().manual_seed(step))
+    return {"x": x, "y": x[..., 0].cumsum(1) - x[..., 1]}
+
+
+def test_custom_loss_trains_a_non_lab_model(tmp_path):
+    def mse(model, batch): return F.mse_loss(model(batch["x"]), batch["y"])
+    torch.manual_seed(0)
+    m = Regressor()
+    r = train(m, running_sum, TrainConfig(steps=150, lr=1e-2, weight_decay=0.0, eval_every=50, progress=False),
+              eval_data=[running_sum(-1, n=64)], loss_fn=mse, device="cpu")
+    evals = [h["eval_loss"] for h in r["history"] if "eval_loss" in h]
+    assert len(evals) == 3 and evals[-1] < 0.1 * r["history"][0]["loss"], (r["history"][0], evals)
+    assert r["checkpoint"] is None and not m.training
+    # checkpointing needs a lab architecture: refused before any step, with the way out
+    with pytest.raises(BadInput, match="out=None"):
+        train(Regressor(), running_sum, TrainConfig(steps=2, progress=False), out=tmp_path / "r", loss_fn=mse)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BadInput, match="loss_fn must return a scalar"):
+        train(Regressor(), running_sum, TrainConfig(steps=1, progress=False), loss_fn=lambda m, b: m(b["x"]))
+    with pytest.raises(TrainingDiverged, match="at step 0"):
+        train(Regressor(), running_sum, TrainConfig(steps=1, progress=False), loss_fn=lambda m, b: mse(m, b) * float("nan"))
