@@ -676,7 +676,8 @@ def icll_ngram(ns=(1, 2, 3), preset: str = "quick", seed: int = 0, layer_archs=(
     n_train = max(icfg.train_sizes)
     train_texts = [r["text"] for r in sp["train"][:n_train]]
     def fit(name):
-        net = _train_icll_model(name, icfg, train_texts, tok, data_key)
+        with torch.enable_grad():  # run_ngram scores under no_grad; a model not yet cached must still train
+            net = _train_icll_model(name, icfg, train_texts, tok, data_key)
         agg = _aggregate(_score_rows(sp["test"], _letter_probs(net, sp["test"], tok, icfg), truth), icfg.max_chars - 1)
         return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": sum(p.numel() for p in net.parameters())}
     net, perf = fit("transformer")
