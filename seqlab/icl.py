@@ -709,7 +709,7 @@ def _curriculum(step: int, cfg: RegressionConfig) -> tuple[int, int]:
 def _train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list]:
     "Train (or load from the cache) the in-context regressor."
     from safetensors.torch import load_file, save_file
-    from seqlab.train import TrainConfig, _optimizer, checkpoints_dir, lr_at
+    from seqlab.train import TrainConfig, checkpoints_dir, train
     torch.manual_seed(cfg.seed)
     model = InContextRegressor(cfg.d, cfg.n_points, cfg.d_model, cfg.n_layers, cfg.n_heads)
     keys = ["d", "n_points", "d_model", "n_layers", "n_heads", "steps", "batch_size", "lr", "curriculum_d_start",
@@ -718,19 +718,21 @@ def _train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list]:
     if (out / "model.safetensors").exists():
         model.load_state_dict(load_file(str(out / "model.safetensors")))
         return model.eval(), json.loads((out / "history.json").read_text())
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, seed=cfg.seed, progress=cfg.progress)
-    opt = _optimizer(model, tcfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    from tqdm.auto import tqdm
-    for step in tqdm(range(cfg.steps), disable=not cfg.progress, desc="train icl-regression", mininterval=5):
-        for group in opt.param_groups: group["lr"] = lr_at(step, tcfg)
+    def data(step):     # one stream of prompts drawn in step order (the run is never resumed: out=None)
         d_act, pts = _curriculum(step, cfg)
         xs, ys, _ = sample_regression(cfg.batch_size, pts, cfg.d, g, d_active=d_act)
-        loss = F.mse_loss(model(xs, ys), ys)
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip); opt.step()
-        if step % 50 == 0 or step == cfg.steps - 1: history.append({"step": step, "loss": loss.item() / d_act, "d": d_act, "points": pts})
+        return {"xs": xs, "ys": ys}
+    def squared_error(model, batch): return F.mse_loss(model(batch["xs"], batch["ys"]), batch["ys"])
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, seed=cfg.seed, progress=cfg.progress, eval_every=0)
+    # on the CPU, where the probe evaluates it; not a lab architecture, so the cache below is written here (out=None)
+    rows = train(model, data, tcfg, loss_fn=squared_error, device="cpu")["history"]
+    history = []
+    for row in rows:
+        step = row["step"] - 1
+        if step % 50 == 0 or step == cfg.steps - 1:
+            d_act, pts = _curriculum(step, cfg)
+            history.append({"step": step, "loss": row["loss"] / d_act, "d": d_act, "points": pts})
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "history.json").write_text(json.dumps(history))
