@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .archs import Transformer, TransformerConfig
 from .core import BadInput, Probe, Result, SeqlabError, data_dir, seed_everything, seqlab_home
-from .train import TrainConfig, batches_from_tokens, checkpoints_dir, lr_at, save_checkpoint, train
+from .train import TrainConfig, batches_from_tokens, checkpoints_dir, save_checkpoint, train
 from .zoo import LabModel
 
 # %% auto #0
@@ -244,18 +244,24 @@ def mgda_alpha(g1: Tensor, g2: Tensor) -> float:
     return float(min(1.0, max(0.0, float((g2 - g1) @ g2) / den)))
 
 # %% ../nbs/14_spinning.ipynb #c033
+class _Trainable(nn.Module):
+    "The parameters `spin` adapts, as the module the trainer drives."
+    def __init__(self, params: list[Tensor]):
+        super().__init__()
+        if not all(isinstance(p, nn.Parameter) for p in params):
+            raise BadInput("spin adapts a model's own parameters (nn.Parameter), e.g. [p for p in model.parameters() if p.requires_grad].")
+        self.params = nn.ParameterList(params)
+
 def spin(logits_fn: Callable, params: list[Tensor], meta: MetaModel, clean: dict, triggered: dict, steps: int,
          batch_size: int, lr: float, alpha: float | str = 0.7, compensate: bool = False, seed: int = 0,
          cols=None, special=None, progress: bool = False) -> list[dict]:
     "Minimise the spinning loss over `params` on rows of the clean/triggered batches; alpha a number or 'mgda'."
     if not params: raise BadInput("No trainable parameters: unfreeze some layers before spinning.")
-    tcfg = TrainConfig(steps=steps, lr=lr, warmup_frac=0.1, seed=seed)
-    opt = torch.optim.AdamW(params, lr=lr, betas=tcfg.betas, weight_decay=0.0)
-    n = len(clean["tokens"]); history = []
-    for step in range(steps):
-        idx = torch.randint(n, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+    n = len(clean["tokens"])
+    def rows(step):
+        return torch.randint(n, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)).tolist()
+    def loss_fn(_, idx):
         cb = {k: v[idx] for k, v in clean.items()}; tb = {k: v[idx] for k, v in triggered.items()}
-        for gr in opt.param_groups: gr["lr"] = lr_at(step, tcfg)
         a = alpha
         if alpha == "mgda":  # the two gradients are computed on the uncompensated tasks, as in the reference
             _, parts = spin_loss(logits_fn, meta, cb, tb, 0.5, False, cols=cols, special=special)
@@ -263,13 +269,9 @@ def spin(logits_fn: Callable, params: list[Tensor], meta: MetaModel, clean: dict
             g2 = torch.cat([g.flatten() for g in torch.autograd.grad(parts["meta"], params, allow_unused=True) if g is not None])
             a = mgda_alpha(g1, g2)
         loss, parts = spin_loss(logits_fn, meta, cb, tb, float(a), compensate, cols=cols, special=special)
-        if not torch.isfinite(loss): raise SeqlabError(f"The spinning loss became {float(loss)} at step {step}; lower lr.")
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip); opt.step()
-        history.append({"step": step + 1, "loss": loss.item(), "alpha": float(a), **{k: v.item() for k, v in parts.items()}})
-        if progress and (step + 1) % max(1, steps // 10) == 0:
-            print(f"spin step {step + 1}/{steps}: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items() if k != "step"), flush=True)
-    return history
+        return loss, {"alpha": float(a), **{k: v.detach() for k, v in parts.items()}}
+    tcfg = TrainConfig(steps=steps, lr=lr, warmup_frac=0.1, weight_decay=0.0, eval_every=0, seed=seed, progress=progress)
+    return train(_Trainable(params), rows, tcfg, loss_fn=loss_fn, device=params[0].device)["history"]
 
 # %% ../nbs/14_spinning.ipynb #c035
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from seqlab.archs import Transformer, TransformerConfig
 from seqlab.core import BadInput
 from seqlab.spinning import (MetaModel, SpinConfig, defense_scan, greedy_continue, inject_trigger, load_words, make_batch,
-                             pseudo_words, rouge_l, run_spinning, spin_loss, vader_lexicon, word_starts)
+                             pseudo_words, rouge_l, run_spinning, spin, spin_loss, vader_lexicon, word_starts)
 
 
 def test_pseudo_words_hand_computed():
@@ -47,6 +47,31 @@ def test_gradient_reaches_only_trainable_parameters():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.blocks[1].parameters())
     assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("blocks.1."))
     assert all(p.grad is None for p in meta.parameters())
+
+
+
+def test_spin_runs_on_the_lab_trainer_and_moves_only_trainable_parameters():
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(d_vocab=12, d_model=16, n_layers=2, n_heads=2, n_ctx=16))
+    m.requires_grad_(False); m.blocks[1].requires_grad_(True)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    meta = MetaModel(torch.randn(12, 4)); meta.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    P = [torch.randint(2, 10, (4,), generator=g).tolist() for _ in range(8)]
+    C = [torch.randint(2, 10, (3,), generator=g).tolist() for _ in range(8)]
+    clean, trig = make_batch(P, C, 0, 11), make_batch([p[:2] + [10] + p[2:] for p in P], C, 0, 11)
+    fn = lambda b: m(b["tokens"], attention_mask=b["attention_mask"])
+    params = [p for p in m.parameters() if p.requires_grad]
+    h = spin(fn, params, meta, clean, trig, steps=40, batch_size=4, lr=1e-2, alpha="mgda", compensate=True, special=[0, 11])
+    assert [r["step"] for r in h] == list(range(1, 41))
+    assert set(h[0]) >= {"loss", "lr", "grad_norm", "alpha", "main", "meta", "main_trig", "meta_clean"}
+    assert all(0 <= r["alpha"] <= 1 for r in h) and h[-1]["meta"] < h[0]["meta"]       # the meta task is learned
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("blocks.1.") for k in changed)
+    with pytest.raises(BadInput, match="nn.Parameter"):
+        spin(fn, [p.detach() for p in params], meta, clean, trig, steps=1, batch_size=2, lr=1e-2)
+    with pytest.raises(BadInput, match="No trainable parameters"):
+        spin(fn, [], meta, clean, trig, steps=1, batch_size=2, lr=1e-2)
 
 
 def test_defense_flags_a_planted_shift():
