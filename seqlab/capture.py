@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import BadInput, OverBudget, atomic_path
+from .core import BadInput, HookNotFound, OverBudget, atomic_path
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['DEFAULT_BUDGET_MB', 'pad_cat', 'Capture', 'estimate_bytes', 'capture']
+__all__ = ['DEFAULT_BUDGET_MB', 'pad_cat', 'token_surprisal', 'Capture', 'estimate_bytes', 'capture']
 
 # %% ../nbs/02_capture.ipynb #c005
-__all__ = ["Capture", "capture", "estimate_bytes", "pad_cat", "DEFAULT_BUDGET_MB"]
+__all__ = ["Capture", "capture", "estimate_bytes", "pad_cat", "token_surprisal", "DEFAULT_BUDGET_MB"]
 
 DEFAULT_BUDGET_MB = float(os.environ.get("SEQLAB_CAPTURE_BUDGET_MB", 4096))
 
@@ -37,7 +38,14 @@ def pad_cat(parts: list[Tensor], value: float = 0.0) -> Tensor:
         out.append(torch.nn.functional.pad(p, pad, value=value) if any(pad) else p)
     return torch.cat(out, 0)
 
-# %% ../nbs/02_capture.ipynb #c008
+# %% ../nbs/02_capture.ipynb #c007
+def token_surprisal(logits: Float[Tensor, "batch pos vocab"], ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+    "-ln p(token_t | tokens_<t) in nats at every position (NaN at position 0, which has no context)."
+    logits = logits.float()
+    s = torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(s, (1, 0), value=float("nan"))
+
+# %% ../nbs/02_capture.ipynb #c009
 class Capture:
     "The kept activations of a `capture` run, by hook name; in memory or as safetensors shards on disk."
     def __init__(self, names: list[str], lengths: Tensor, parts: dict | None = None, shard_dir: Path | None = None, n_shards: int = 0):
@@ -49,7 +57,7 @@ class Capture:
 
     def batches(self, name: str):
         "Yield the kept tensor of `name` batch by batch (reads one shard at a time when spilled)."
-        if name not in self.names: raise KeyError(f"{name!r} was not captured; captured: {self.names}")
+        if name not in self.names: raise HookNotFound(f"{name!r} was not captured (captured: {self.names}); add it to `names` and capture again.")
         if self.shard_dir is None: yield from self._parts[name]; return
         from safetensors import safe_open
         for i in range(self.n_shards):
@@ -67,7 +75,7 @@ class Capture:
         except (OSError, ValueError): raise BadInput(f"{shard_dir} holds no complete capture (capture.json missing); run the capture again.")
         return cls(meta["names"], torch.tensor(meta["lengths"]), shard_dir=shard_dir, n_shards=meta["n_shards"])
 
-# %% ../nbs/02_capture.ipynb #c009
+# %% ../nbs/02_capture.ipynb #c010
 def _keep_fn(reduce, device):
     import inspect
     wants_tokens = reduce is not None and len(inspect.signature(reduce).parameters) >= 4
@@ -110,7 +118,7 @@ def estimate_bytes(model: LabModel, names: list[str], batch_size: int, seq_len: 
             known[n] = (s4, round(math.log2(max(s8, 1) / max(s4, 1))))  # 1: per position, 2: position pairs
     return {n: int(known[n][0] * (seq_len / 4) ** known[n][1] * batch_size) for n in names}
 
-# %% ../nbs/02_capture.ipynb #c010
+# %% ../nbs/02_capture.ipynb #c011
 @torch.no_grad()  # capture observes; without this every batch would also build an autograd graph
 def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callable | None = None,
             spill_dir: str | Path | None = None, budget_mb: float | None = None, device: str = "cpu",
@@ -139,7 +147,10 @@ def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callabl
     keep = _keep_fn(reduce, device)
     parts = {n: [] for n in names}
     shard_dir = Path(spill_dir) if spill_dir else None
-    if shard_dir: shard_dir.mkdir(parents=True, exist_ok=True)
+    if shard_dir:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        # an earlier capture's index must not vouch for this run's shards if this run stops half-way
+        (shard_dir / "capture.json").unlink(missing_ok=True)
     for i, b in enumerate(tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)):
         store, _ = _forward(model, b, names, keep)
         if i == 0 and reduce is not None: check({n: store[n].numel() * store[n].element_size() for n in names}, "first batch, reduced")

@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from .capture import capture
+from .capture import capture, token_surprisal
 from .core import BadInput, Probe, Result, seed_everything
 from .zoo import LabModel
 
@@ -67,9 +67,8 @@ def induction_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int, off
     return ind, prev
 
 def token_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
-    "Next-token cross-entropy at each position (nats); entry i is the loss of predicting token i+1."
-    logp = logits[:, :-1].float().log_softmax(-1)
-    return -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    "Next-token loss (nats); entry i is the loss of predicting token i+1 (capture's token surprisal without its empty first slot)."
+    return token_surprisal(logits, tokens)[:, 1:]
 
 # %% ../nbs/11_heads.ipynb #c012
 @dataclasses.dataclass

@@ -16,16 +16,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .core import BadInput, Probe, Result, data_dir, seed_everything
-from .capture import capture
+from .capture import capture, token_surprisal
 from .zoo import LabModel
 
 # %% auto #0
 __all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'PROBES', 'verbatim_dir', 'load_pools',
            'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
-           'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'token_surprisal',
-           'word_surprisal', 'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig',
-           'grid_stimuli', 'VerbatimResult', 'run', 'WordTokenizer', 'load_corpus_templates', 'arch_corpus',
-           'arch_model_configs', 'train_arch_models', 'arch_design', 'architecture_contrast']
+           'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'word_surprisal',
+           'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig', 'grid_stimuli',
+           'VerbatimResult', 'run', 'WordTokenizer', 'load_corpus_templates', 'arch_corpus', 'arch_model_configs',
+           'train_arch_models', 'arch_design', 'architecture_contrast']
 
 # %% ../nbs/12_verbatim.ipynb #c005
 __all__ = ["LIST_TYPES", "CONDITIONS", "SCENARIOS", "N_BASE", "N_SHIFTS", "PERMUTE_SEED", "verbatim_dir", "load_pools",
@@ -175,12 +175,6 @@ def word_pieces(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], te
         if idx[0] == 0: raise BadInput(f"The word {text[s:e]!r} starts the text, where no surprisal is defined; add a preface.")
         out.append(idx)
     return out
-
-def token_surprisal(logits: Float[Tensor, "batch pos vocab"], ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
-    "-ln p(token_t | tokens_<t) at every position (NaN at position 0, which has no context)."
-    logits = logits.float()
-    s = torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(s, (1, 0), value=float("nan"))
 
 def word_surprisal(tok_surprisal: Float[Tensor, "pos"], pieces: list[list[int]]) -> Float[Tensor, "word"]:
     "Each word's surprisal: the sum over its pieces."

@@ -56,8 +56,15 @@ def line_figure(series: dict[str, list], x=None, title: str = "", xaxis: str = "
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=420)
     return fig
 
-# %% ../nbs/20_viz.ipynb #c010
-class AttentionExplorer:
+# %% ../nbs/20_viz.ipynb #c009
+class _Explorer:
+    "An explorer shows its `widget` when it is the value of a notebook cell."
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+# %% ../nbs/20_viz.ipynb #c011
+class AttentionExplorer(_Explorer):
     "Widgets to browse attention patterns of any layer and head, with an optional clickable score grid."
 
     def __init__(self, model, texts: list[str], scores=None, score_name: str = "score"):
@@ -104,12 +111,8 @@ class AttentionExplorer:
             l, h = points.ys[0], points.xs[0]
             self.head.value, self.layer.value = int(h), int(l)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
-# %% ../nbs/20_viz.ipynb #c012
-class ResultExplorer:
+# %% ../nbs/20_viz.ipynb #c013
+class ResultExplorer(_Explorer):
     "Pick a probe result (JSON written by `seqlab run`/`report`) and see its figure and key numbers."
 
     def __init__(self, folder: str | Path = "report"):
@@ -148,17 +151,13 @@ class ResultExplorer:
             rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in res.summary())
             display(HTML(f"<table>{rows}</table>"))
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
-# %% ../nbs/20_viz.ipynb #c014
+# %% ../nbs/20_viz.ipynb #c015
 def _result(res) -> Result:
     if isinstance(res, (str, Path)): return Result.load(res)
     if isinstance(res, dict): return Result.from_dict(res)
     return res
 
-class SurprisalExplorer:
+class SurprisalExplorer(_Explorer):
     "Per-token surprisal of a verbatim-memory stimulus, built and scored by `seqlab.verbatim`."
 
     def __init__(self, model):
@@ -183,15 +182,13 @@ class SurprisalExplorer:
         first, second = V.second_list(self.lists[self.list_type.value], self.item.value, self.length.value, self.condition.value)
         stim = V.make_stimulus(first, second, self.vignette, intervening=self.intervening.value)
         ids, offsets = V.token_offsets(self.model, stim.text)
-        ids_t = torch.tensor([ids])
-        s = V.token_surprisal(self.model.forward(ids_t), ids_t.to(self.model.device))[0].cpu().numpy()
+        ids_t = torch.tensor([ids], device=self.model.device)
+        s = V.token_surprisal(self.model.forward(ids_t), ids_t)[0].cpu().numpy()  # NaN at position 0
         where = ["" for _ in ids]
         for tag, spans in (("first list", stim.first), ("second list", stim.second)):
-            for lo, hi in spans:
-                for i, (a, b) in enumerate(offsets):
-                    if a < hi and b > lo: where[i] = tag
-        toks = [stim.text[a:b] for a, b in offsets]
-        return toks, np.concatenate([[np.nan], s]) if len(s) == len(ids) - 1 else s, where
+            for idx in V.word_pieces(offsets, spans, stim.text):
+                for i in idx: where[i] = tag
+        return [stim.text[a:b] for a, b in offsets], s, where
 
     def _figure(self) -> go.Figure:
         toks, s, where = self.trace()
@@ -211,12 +208,8 @@ class SurprisalExplorer:
             for old, tr in zip(self.fig.data, new.data): old.x, old.y, old.text = tr.x, tr.y, tr.text
             self.fig.layout.title = new.layout.title
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
-# %% ../nbs/20_viz.ipynb #c015
-class StateExplorer:
+# %% ../nbs/20_viz.ipynb #c016
+class StateExplorer(_Explorer):
     "State RMS per chunk of each recorded head, and loss over position, for a `collapse` result."
 
     def __init__(self, result):
@@ -251,12 +244,8 @@ class StateExplorer:
             for tr in new.data: self.fig.add_trace(tr)
             self.fig.layout = new.layout
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
-
-# %% ../nbs/20_viz.ipynb #c016
-class SpinExplorer:
+# %% ../nbs/20_viz.ipynb #c017
+class SpinExplorer(_Explorer):
     "The spinning defense's score for each candidate trigger word, on a spun and on a clean model."
 
     def __init__(self, result):
@@ -288,7 +277,3 @@ class SpinExplorer:
             self.fig.data[0].x, self.fig.data[0].y = new.data[0].x, new.data[0].y
             self.fig.data[0].marker.color, self.fig.data[0].customdata = new.data[0].marker.color, new.data[0].customdata
             self.fig.layout.title = new.layout.title
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)

@@ -69,3 +69,22 @@ def test_bad_inputs(smol):
 def test_pad_cat_pads_every_trailing_dim():
     out = pad_cat([torch.ones(1, 2, 2), torch.ones(1, 3, 1)])
     assert out.shape == (2, 3, 2) and out[0, 2].sum() == 0 and out[1, :, 1].sum() == 0
+
+
+def test_a_failed_spill_leaves_no_index_that_vouches_for_it(smol, tmp_path):
+    from seqlab.core import HookNotFound
+    d = tmp_path / "cap"
+    capture(smol, TEXTS, ["blocks.0.hook_resid_post"], batch_size=3, spill_dir=d, progress=False)
+    assert (d / "capture.json").exists()
+    calls = []
+    def fail_on_second(name, act, mask):
+        calls.append(1)
+        if len(calls) == 2: raise RuntimeError("interrupted")
+        return act
+    with pytest.raises(RuntimeError):
+        capture(smol, TEXTS, ["blocks.0.hook_resid_post"], batch_size=3, spill_dir=d, reduce=fail_on_second, progress=False)
+    with pytest.raises(BadInput, match="no complete capture"):
+        Capture.open(d)  # the earlier run's index is gone: the mix of old and new shards is never read
+    cap = capture(smol, TEXTS[:2], ["blocks.0.hook_resid_post"], progress=False)
+    with pytest.raises(HookNotFound, match="capture again"):
+        cap["blocks.1.hook_resid_post"]
