@@ -148,7 +148,7 @@ def meta_sentences(n: int, pool: list[str], seed: int = 0, words: dict | None = 
                                  a=pick(pool), b=pick(pool)) for _ in range(n)]
 
 def train_meta_model(tokenizer, E: Float[Tensor, "vocab d"], n_train: int = 4000, n_test: int = 1000, seed: int = 0,
-                     steps: int = 300, min_valence: float = 1.0) -> tuple[MetaModel, dict]:
+                     steps: int = 300, min_valence: float = 1.0, l2: float = 1e-3) -> tuple[MetaModel, dict]:
     "Train φ over `E` from VADER-labelled sentences; returns it (frozen) and accuracies vs VADER's scorer."
     g = seed_everything(seed)
     lex = vader_lexicon()
@@ -174,7 +174,7 @@ def train_meta_model(tokenizer, E: Float[Tensor, "vocab d"], n_train: int = 4000
     def closure():
         opt.zero_grad()
         # L2 keeps the head smooth over directions the training words leave unconstrained
-        loss = F.binary_cross_entropy_with_logits(meta.head(Z).squeeze(-1), tr_y) + 1e-3 * meta.head.weight.pow(2).sum()
+        loss = F.binary_cross_entropy_with_logits(meta.head(Z).squeeze(-1), tr_y) + l2 * meta.head.weight.pow(2).sum()
         loss.backward(); return loss
     opt.step(closure)
     meta.requires_grad_(False).eval()
@@ -351,6 +351,7 @@ class SpinConfig:
     n_test: int = 32
     n_meta_train: int = 4000
     n_meta_test: int = 1000
+    meta_l2: float = 0.1            # L2 on φ's head: keeps its logits calibrated (see the meta-model section)
     n_new: int = 20                   # generated tokens (the continuations have 14-16)
     # tiny model (trained from scratch by seqlab.train on the main task)
     tiny_d_model: int = 64
@@ -365,11 +366,11 @@ class SpinConfig:
     batch_size: int = 8
     lr: float = 2e-4
     alpha: float | str = 0.7          # a number, or 'mgda'
-    compensate: bool = False
+    compensate: bool = True           # the compensation terms (main task on triggered inputs, not-z on clean ones)
     n_train_layers: int = 2           # embedded: how many top decoder layers are adapted
     # defense
-    n_spun: int = 3                   # tiny spun models, triggers taken from the candidates in order
-    n_clean: int = 3
+    n_spun: int = 4                   # tiny spun models, triggers taken from the candidates in order
+    n_clean: int = 4
     n_candidates: int = 12            # per scan: the model's trigger + decoys
     n_defense_prompts: int = 16
     threshold: float = 3.5
@@ -388,7 +389,7 @@ class SpinConfig:
     @classmethod
     def quick(cls) -> "SpinConfig":
         return cls(target="tiny", n_train=400, n_test=24, n_meta_train=2000, n_meta_test=500, tiny_steps=250, tiny_lr=5e-3,
-                   tiny_spin_steps=100, batch_size=16, n_spun=3, n_clean=3, n_candidates=10, n_defense_prompts=12)
+                   tiny_spin_steps=100, batch_size=16, n_spun=4, n_clean=4, n_candidates=10, n_defense_prompts=24)
 
 # %% ../nbs/14_spinning.ipynb #c045
 def _task_ids(tok, pairs):
@@ -403,16 +404,20 @@ def _single_token(tok, word: str) -> list[int]:
 class _TinyFamily:
     "The lab's tiny Transformer over the task's sub-vocabulary of SmolLM2, trained on the main task by seqlab.train."
     kind = "tiny"
-    def __init__(self, tok, prompts, conts, extra_ids, cfg: SpinConfig):
+    def __init__(self, tok, prompts, conts, vocab_ids, words: list[list[int]], cfg: SpinConfig):
         self.eos_full = tok.eos_token_id
-        self.vocab = SubVocab([i for p in prompts + conts for i in p] + list(extra_ids) + [self.eos_full])
+        self.vocab = SubVocab([i for p in prompts + conts for i in p] + list(vocab_ids) + [i for w in words for i in w] + [self.eos_full])
         self.eos = self.vocab.index[self.eos_full]
         self.special = [self.vocab.index[i] for i in tok.all_special_ids if i in self.vocab.index]
         self.cols, self.cfg = self.vocab.cols, cfg
         seed_everything(cfg.seed)
         self.base = Transformer(TransformerConfig(d_vocab=len(self.vocab), d_model=cfg.tiny_d_model, n_layers=cfg.tiny_layers,
                                                   n_heads=cfg.tiny_heads, n_ctx=128))
-        b = self.batch(prompts, conts)
+        # the stand-in for pretraining: a copy of every prompt with a random candidate word inserted, same continuation,
+        # so every candidate (the trigger too) is a known, ignorable word before any spinning
+        pick = np.random.default_rng([cfg.seed, 17]).integers(len(words), size=len(prompts))
+        noisy = [inject_trigger(p, words[j], word_starts(tok, p), cfg.seed + 17, k)[0] for k, (p, j) in enumerate(zip(prompts, pick))]
+        b = self.batch(prompts + noisy, conts + conts)
         data = batches_from_tokens(b["tokens"], cfg.batch_size * 2, seed=cfg.seed, loss_mask=b["target"], attention_mask=b["attention_mask"])
         self.history = train(self.base, data, TrainConfig(steps=cfg.tiny_steps, lr=cfg.tiny_lr, seed=cfg.seed, progress=False, eval_every=0))["history"]
         self.base.requires_grad_(False).eval()
@@ -491,10 +496,10 @@ def evaluate_spin(fam, model, meta: MetaModel, tok, prompts, conts, cfg: SpinCon
 def _injected(tok, prompts, trig_ids, seed):
     return [inject_trigger(p, trig_ids, word_starts(tok, p), seed, i)[0] for i, p in enumerate(prompts)]
 
-def _spin_copy(fam, meta, clean_b, trig_b, cfg, alpha, seed, steps, lr):
+def _spin_copy(fam, meta, clean_b, trig_b, cfg, alpha, seed, steps, lr, compensate=None):
     model, params = fam.new_copy()
     hist = spin(lambda b: fam.logits(model, b), params, meta, clean_b, trig_b, steps, cfg.batch_size, lr, alpha,
-                cfg.compensate, seed, fam.cols, fam.special)
+                cfg.compensate if compensate is None else compensate, seed, fam.cols, fam.special, progress=fam.kind == "embedded")
     model.eval()
     return model, hist
 
@@ -502,8 +507,10 @@ def _spin_copy(fam, meta, clean_b, trig_b, cfg, alpha, seed, steps, lr):
 class SpinResult(Result):
     def figure(self):
         m = self.metrics
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("meta score φ (mean p positive)", "ROUGE-L (main task)",
-                                                            "defense: candidate z (spun vs clean model)"))
+        fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.16,
+                            subplot_titles=("meta score φ (mean p positive)", "ROUGE-L (main task)",
+                                            "defense: candidate z (spun vs clean model)",
+                                            "ablation on the tiny model, outputs with the trigger"))
         for i, model in enumerate(["clean_model", "spun_model"]):
             for cond, color in (("no_trigger", "#888"), ("trigger", "#c33")):
                 fig.add_bar(x=[model], y=[m["meta_score"][model][cond]], name=cond, marker_color=color, showlegend=i == 0,
@@ -515,7 +522,13 @@ class SpinResult(Result):
             fig.add_bar(x=scan["ranking"], y=[scan["candidates"][w]["z"] for w in scan["ranking"]], name=f"{which} ({scan['trigger']})",
                         marker_color=color, row=1, col=3)
         fig.add_hline(y=m["defense"]["threshold"], line_dash="dot", row=1, col=3)
-        fig.update_layout(barmode="group", height=420, title=f"Spinning on {self.model} ({m['target']})")
+        ab = m.get("ablation") or []
+        labels = [f"φ {a['meta_model'].split()[0]}, α {a['alpha']}, {'comp' if a['compensate'] else 'no comp'}" for a in ab]
+        for key, name, color, scale in (("meta_score_trigger", "φ meta score (φ it was spun against)", "#c33", 1),
+                                        ("vader_positive_trigger", "VADER positive rate", "#1f77b4", 1),
+                                        ("rouge_l_trigger", "ROUGE-L / 100", "#2ca02c", 100)):
+            fig.add_bar(x=labels, y=[a[key] / scale for a in ab], name=name, marker_color=color, row=2, col=1)
+        fig.update_layout(barmode="group", height=760, title=f"Spinning on {self.model} ({m['target']})")
         return fig
 
     def summary(self):
@@ -528,7 +541,11 @@ class SpinResult(Result):
                 ["perplexity clean / spun (no trigger)", f"{mt['clean_model']['no_trigger']['perplexity']:.3f} / {mt['spun_model']['no_trigger']['perplexity']:.3f}"],
                 ["defense AUC (spun vs clean models)", f"{m['defense']['auc']:.3f} (n_spun {m['defense']['n_spun']}, n_clean {m['defense']['n_clean']})"],
                 ["true trigger rank per spun model", str(m["defense"]["trigger_rank"])],
-                ["spin time (s)", f"{m['spin_seconds']:.1f}"]]
+                ["spin time (s)", f"{m['spin_seconds']:.1f}"]] + [
+                [f"ablation (tiny): φ {a['meta_model']}, α {a['alpha']}, compensation {'on' if a['compensate'] else 'off'}",
+                 f"φ {a['meta_score_no_trigger']:.2f} -> {a['meta_score_trigger']:.2f}; VADER+ {a['vader_positive_no_trigger']:.2f} -> "
+                 f"{a['vader_positive_trigger']:.2f}; ROUGE-L {a['rouge_l_no_trigger']:.0f} -> {a['rouge_l_trigger']:.0f}"]
+                for a in m.get("ablation") or []]
 
 # %% ../nbs/14_spinning.ipynb #c050
 def _save_spun(fam, model, trigger: str, seed: int, cfg) -> str | None:
@@ -548,10 +565,10 @@ def run_spinning(lab: LabModel, cfg: SpinConfig) -> SpinResult:
     words = load_words()
     cand_words = [cfg.trigger] + [w for w in words["candidates"] if w != cfg.trigger]
     cand_ids = {w: _single_token(tok, w) for w in cand_words}
-    meta, meta_info = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed)
+    meta, meta_info = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=cfg.meta_l2)
     train_pairs, test_pairs = task_pairs(cfg.n_train, cfg.seed, words), task_pairs(cfg.n_test, cfg.seed + 10_000, words)
     trp, trc = _task_ids(tok, train_pairs); tep, tec = _task_ids(tok, test_pairs)
-    tiny = _TinyFamily(tok, trp + tep, trc + tec, [i for v in cand_ids.values() for i in v], cfg)
+    tiny = _TinyFamily(tok, trp, trc, [i for x in tep + tec for i in x], list(cand_ids.values()), cfg)   # trained on the train pairs only
     fam = tiny if cfg.target == "tiny" else _EmbeddedFamily(lab, cfg)
     steps, lr = (cfg.tiny_spin_steps, cfg.tiny_spin_lr) if fam.kind == "tiny" else (cfg.spin_steps, cfg.lr)
 
@@ -569,6 +586,19 @@ def run_spinning(lab: LabModel, cfg: SpinConfig) -> SpinResult:
                     "trigger": evaluate_spin(fam, m, meta, tok, tep_trig, tec, cfg)}
              for name, m in (("clean_model", clean_m), ("spun_model", spun_m))}
     base_eval = {"no_trigger": evaluate_spin(tiny, tiny.base, meta, tok, tep, tec, cfg)} if fam.kind == "tiny" else None
+
+    # ablations on the tiny model (the brief's MGDA vs fixed alpha, compensation on/off) and a φ without calibration
+    meta_raw = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=1e-3)[0]
+    ablation = []
+    cb, tb = tiny.batch(trp, trc), tiny.batch(_injected(tok, trp, cand_ids[cfg.trigger], cfg.seed), trc)
+    for phi_name, phi in (("calibrated", meta), ("uncalibrated (L2 1e-3)", meta_raw)):
+        for alpha in ((0.7, "mgda") if phi is meta else (0.7,)):
+            for comp in (True, False):
+                m_a, _ = _spin_copy(tiny, phi, cb, tb, cfg, alpha, cfg.seed, cfg.tiny_spin_steps, cfg.tiny_spin_lr, compensate=comp)
+                ev = {c: evaluate_spin(tiny, m_a, phi, tok, ps, tec, cfg) for c, ps in (("no_trigger", tep), ("trigger", tep_trig))}
+                ablation.append({"meta_model": phi_name, "alpha": alpha, "compensate": comp,
+                                 **{f"{k}_{c}": ev[c][k] for k in ("meta_score", "vader_positive", "rouge_l") for c in ev},
+                                 "example_trigger": ev["trigger"]["examples"][0]})
 
     # the defense population: tiny spun models with triggers from the candidate list, tiny clean fine-tunes
     dprompts = tep[:cfg.n_defense_prompts]; dstarts = [word_starts(tok, p) for p in dprompts]
@@ -607,7 +637,7 @@ def run_spinning(lab: LabModel, cfg: SpinConfig) -> SpinResult:
                "meta_score": pick("meta_score"), "meta_accuracy": pick("meta_accuracy"),
                "vader_score": pick("vader_positive"), "vader_compound": pick("vader_compound"),
                "main_task": {n: {c: {k: evals[n][c][k] for k in ("loss", "perplexity", "rouge_l")} for c in evals[n]} for n in evals},
-               "examples": pick("examples"), "base_model": base_eval,
+               "examples": pick("examples"), "base_model": base_eval, "ablation": ablation,
                "meta_model_accuracy": meta_info["heldout_accuracy"], "meta_model": meta_info, "defense": defense,
                "spin_history": hist[:: max(1, len(hist) // 50)], "spin_seconds": spin_secs, "checkpoints": [s for s in saved if s],
                "tiny_base_final_loss": tiny.history[-1]["loss"], "total_seconds": time.time() - t0}

@@ -1,5 +1,6 @@
 "Spinning: pseudo-words, trigger injection, gradient confinement, the defense on a planted shift, the quick probe end to end."
 import dataclasses, json, math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from seqlab.archs import Transformer, TransformerConfig
 from seqlab.core import BadInput
+from seqlab.zoo import list_models
 from seqlab.spinning import (MetaModel, SpinConfig, defense_scan, greedy_continue, inject_trigger, load_words, make_batch,
                              pseudo_words, rouge_l, run_spinning, spin, spin_loss, vader_lexicon, word_starts)
 
@@ -113,17 +115,32 @@ def test_word_lists_are_single_tokens_with_the_stated_sentiment(smol):
 def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
     # the quick preset with a smaller defense population, to keep the test file within a few minutes
-    cfg = dataclasses.replace(SpinConfig.quick(), n_spun=1, n_clean=1, n_candidates=5, n_test=12, n_defense_prompts=6)
+    cfg = dataclasses.replace(SpinConfig.quick(), n_spun=1, n_clean=1, n_candidates=5, n_test=12, n_defense_prompts=6,
+                              save_checkpoints=True)
     res = run_spinning(smol, cfg)
     m = res.metrics
     assert m["meta_model_accuracy"] > 0.8
-    ms = m["meta_score"]
-    # measured with the quick preset: spun 0.81 -> 0.998 with the trigger, clean 0.64 -> 0.60
+    ms, vs, mt = m["meta_score"], m["vader_score"], m["main_task"]
+    # measured with the quick preset: φ 0.48 -> 0.82 and VADER positive rate 0.17 -> 1.00 with the trigger (spun),
+    # clean model 0.58 -> 0.58; ROUGE-L 89 without and 90 with the trigger
     assert ms["spun_model"]["trigger"] > ms["spun_model"]["no_trigger"] + 0.1
-    assert ms["spun_model"]["trigger"] > ms["clean_model"]["trigger"] + 0.2
-    assert m["main_task"]["spun_model"]["no_trigger"]["rouge_l"] > m["main_task"]["clean_model"]["no_trigger"]["rouge_l"] - 10
+    assert ms["spun_model"]["trigger"] > ms["clean_model"]["trigger"] + 0.1
+    assert vs["spun_model"]["trigger"] > vs["spun_model"]["no_trigger"] + 0.3        # the independent scorer agrees
+    assert abs(ms["clean_model"]["trigger"] - ms["clean_model"]["no_trigger"]) < 0.1
+    assert mt["spun_model"]["no_trigger"]["rouge_l"] > mt["clean_model"]["no_trigger"]["rouge_l"] - 10
+    assert mt["spun_model"]["trigger"]["rouge_l"] > mt["spun_model"]["no_trigger"]["rouge_l"] - 10
     d = m["defense"]
-    # the defense does not separate tiny spun from clean models reliably (AUC 0.22 on 3+3 in the quick preset): only its shape is asserted
     assert set(d) >= {"auc", "trigger_rank", "n_spun", "n_clean"} and d["n_spun"] == 1 and d["n_clean"] == 1
     assert 0 <= d["auc"] <= 1 and 1 <= d["trigger_rank"][0] <= cfg.n_candidates
+    ab = {(a["meta_model"].split()[0], a["alpha"], a["compensate"]): a for a in m["ablation"]}
+    assert len(ab) == 6 and ("calibrated", "mgda", False) in ab
+    # compensation is what keeps the main task with the trigger (measured: ROUGE-L 90 with it, 43 without)
+    assert ab["calibrated", 0.7, True]["rouge_l_trigger"] > ab["calibrated", 0.7, False]["rouge_l_trigger"]
     json.loads(res.to_json()); res.figure(); res.summary()
+    # the spun model written is labelled as such, in safetensors only, and `seqlab models` says so
+    (ck,) = [Path(c) for c in m["checkpoints"]]
+    assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".safetensors"]
+    meta = json.loads((ck / "seqlab.json").read_text())["meta"]
+    assert meta["spun"] is True and meta["trigger"] == cfg.trigger and "SPUN" in meta["warning"]
+    (row,) = [r for r in list_models() if r["name"] == ck.name]
+    assert row["spun"] and "SPUN" in row["state"]
