@@ -383,6 +383,7 @@ class SpinConfig:
             raise BadInput(f"alpha must be a number in [0, 1] or 'mgda', got {self.alpha!r}.")
         for k in ("n_train", "n_test", "spin_steps", "batch_size", "n_new", "n_defense_prompts"):
             if getattr(self, k) < 1: raise BadInput(f"{k} must be >= 1, got {getattr(self, k)}.")
+        if self.meta_l2 < 0: raise BadInput(f"meta_l2 is an L2 penalty and must be >= 0, got {self.meta_l2}.")
         if self.n_candidates < 3: raise BadInput(f"n_candidates must be >= 3 (the trigger and at least two decoys), got {self.n_candidates}.")
         if self.n_spun < 1 or self.n_clean < 1: raise BadInput("The defense needs n_spun >= 1 and n_clean >= 1 models.")
 
