@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c004
 from __future__ import annotations
-import dataclasses, difflib, json, math, os, random, shutil, tempfile, time
+import dataclasses, difflib, hashlib, json, math, os, random, shutil, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError', 'suggest',
-           'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'atomic_path', 'atomic_dir', 'seqlab_version',
-           'to_jsonable', 'Result', 'Probe']
-
-# %% ../nbs/00_core.ipynb #c005
-__all__ = ["SeqlabError", "ModelNotFound", "CacheError", "HookNotFound", "BadInput", "OverBudget",
-           "CheckpointError", "Probe", "get_device", "seed_everything", "seqlab_home", "data_dir", "atomic_path",
-           "atomic_dir", "suggest", "to_jsonable", "Result", "seqlab_version"]
+__all__ = ['NEEDS', 'SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError',
+           'suggest', 'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'limit_threads', 'atomic_path',
+           'atomic_dir', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'Probe', 'register_probe',
+           'all_probes', 'get_probe', 'model_kind', 'check_needs', 'run_probe']
 
 # %% ../nbs/00_core.ipynb #c007
 class SeqlabError(Exception):
@@ -70,6 +66,15 @@ def data_dir() -> Path:
     p = Path(os.environ.get("SEQLAB_DATA") or Path(seqlab.__file__).resolve().parent.parent / "data")
     if not p.is_dir(): raise SeqlabError(f"The stimuli folder {p} does not exist; set SEQLAB_DATA to the repository's data/ folder.")
     return p
+
+# %% ../nbs/00_core.ipynb #c031
+@contextmanager
+def limit_threads(n: int | None):
+    "Run the block with `n` torch intra-op threads on the CPU (restored after); `None`/0 or a GPU leaves them alone."
+    if not n or get_device().type != "cpu": yield; return
+    old = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/00_core.ipynb #c019
 def _umask() -> int:
@@ -119,6 +124,11 @@ def to_jsonable(x: Any) -> Any:
     if isinstance(x, Path): return str(x)
     return x
 
+# %% ../nbs/00_core.ipynb #c033
+def config_hash(obj: Any) -> str:
+    "The first 12 hex digits of the SHA-256 of `obj` as sorted JSON: the name of everything `obj` determines."
+    return hashlib.sha256(json.dumps(to_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
 # %% ../nbs/00_core.ipynb #c024
 @dataclasses.dataclass
 class Result:
@@ -155,23 +165,75 @@ class Result:
         "Rows of (name, value) for the scalar metrics; probes override this with their key numbers."
         return [[k, v] for k, v in self.metrics.items() if isinstance(v, (int, float, str))]
 
-    def figure(self):
-        "A plotly figure of the result; each probe draws its own."
-        raise NotImplementedError(f"probe {self.probe!r} has no figure")
-
 # %% ../nbs/00_core.ipynb #c027
+NEEDS = ("attention", "recurrent", "any", "own")
+
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    "A runnable probe: its name, its question, its Config class and its run function."
+    "A runnable probe: its name, question, Config class, `run(model, config) -> Result`, Result class and the models it takes."
     name: str
     question: str
-    config: type
-    run: Any            # run(model, config) -> Result
-    needs: str = "attention"  # which models it takes: 'attention', 'any', or 'own' (trains/loads its own models)
-    page: str = ""      # the notebook (docs page) that explains it
+    config: type        # a dataclass with a `quick()` classmethod
+    run: Any            # run(model: LabModel | None, config) -> Result
+    result: type        # the Result subclass `run` returns (used to reload its JSON)
+    needs: str          # one of NEEDS
+    page: str           # the notebook (docs page) that explains it
+
+    def __post_init__(self):
+        if self.needs not in NEEDS: raise ValueError(f"Probe {self.name!r}: needs must be one of {NEEDS}, got {self.needs!r}")
 
     def make_config(self, quick: bool = False, seed: int | None = None, **overrides):
         "The probe's config: `quick()` or the default, with the seed and any overrides applied."
         cfg = self.config.quick() if quick else self.config()
         if seed is not None: overrides["seed"] = seed
         return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+    def load_result(self, path) -> Result:
+        "A stored result of this probe, as its Result class."
+        return self.result.load(path)
+
+# %% ../nbs/00_core.ipynb #c036
+_PROBES: dict[str, Probe] = {}
+
+def register_probe(probe: Probe) -> Probe:
+    "Add `probe` to the registry (a probe module calls this once per probe when it is imported)."
+    if not isinstance(probe, Probe): raise TypeError(f"register_probe takes a Probe, got {type(probe).__name__}")
+    _PROBES[probe.name] = probe
+    return probe
+
+def all_probes() -> dict[str, Probe]:
+    "Every registered probe, in registration order."
+    return dict(_PROBES)
+
+def get_probe(name: str) -> Probe:
+    "The probe called `name`, or a SeqlabError listing the ones that exist."
+    if name not in _PROBES:
+        known = ", ".join(_PROBES) or "none registered yet: import seqlab.viz (it imports every probe module)"
+        raise BadInput(f"Unknown probe {name!r}.{suggest(name, _PROBES)} Available: {known}.")
+    return _PROBES[name]
+
+# %% ../nbs/00_core.ipynb #c038
+def model_kind(model) -> str | None:
+    "'attention' or 'recurrent' for a loaded model (its `arch.kind`), None for no model."
+    return None if model is None else getattr(getattr(model, "arch", None), "kind", None)
+
+def check_needs(probe: Probe, model) -> None:
+    "Refuse, with a SeqlabError saying what the probe takes, a model the probe cannot study."
+    kind = model_kind(model)
+    if probe.needs == "own":
+        return  # trains its own models; a given model is the probe's to accept or refuse
+    if model is None:
+        raise BadInput(f"Probe {probe.name!r} studies a given model (needs {probe.needs!r}); pass one, e.g. --model smollm2-135m.")
+    if probe.needs != "any" and kind != probe.needs:
+        raise BadInput(f"Probe {probe.name!r} needs a model with {probe.needs} layers, but {getattr(model, 'name', model)!r} "
+                       f"is {kind or 'of unknown kind'}; run it on an {probe.needs} model (e.g. --model smollm2-135m).")
+
+def run_probe(probe: Probe | str, model, config=None) -> Result:
+    "Run one probe on `model` (None for 'own' probes) with `config` (default: the probe's default), after `check_needs`."
+    probe = get_probe(probe) if isinstance(probe, str) else probe
+    check_needs(probe, model)
+    config = config if config is not None else probe.config()
+    t0 = time.time()
+    res = probe.run(model, config)
+    res.elapsed_s = time.time() - t0
+    return res
