@@ -6,59 +6,45 @@ Docs: https://seqlab.github.io/seqlab/cli.html.md"""
 
 # %% ../nbs/30_cli.ipynb #c004
 from __future__ import annotations
-import argparse, html, importlib, importlib.util, json, re, subprocess, sys, time, traceback
+import argparse, html, json, os, re, subprocess, sys, time, traceback
 from pathlib import Path
 
-from .core import Probe, Result, SeqlabError, atomic_path, seqlab_version, to_jsonable
+from .core import BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, run_probe, seqlab_version
+from .viz import figure
 
 # %% auto #0
-__all__ = ['PROBE_MODULES', 'PROBE_ORDER', 'available_probes', 'get_probe', 'run_probe', 'write_report', 'build_docs_preview',
-           'main']
-
-# %% ../nbs/30_cli.ipynb #c005
-__all__ = ["PROBE_MODULES", "PROBE_ORDER", "available_probes", "get_probe", "run_probe", "write_report",
-           "build_docs_preview", "main"]
-
-PROBE_MODULES = ("seqlab.icl", "seqlab.heads", "seqlab.verbatim", "seqlab.collapse", "seqlab.spinning")
-PROBE_ORDER = ("icl-regression", "icll", "induction", "successor", "ngram", "verbatim", "collapse", "spinning")
+__all__ = ['DEFAULT_MODEL', 'writable_folder', 'run_and_save', 'write_report', 'build_docs_preview', 'main']
 
 # %% ../nbs/30_cli.ipynb #c006
-def available_probes() -> dict[str, Probe]:
-    "Every probe declared by the probe modules present in this version, in the lab's order."
-    found = {}
-    for mod in PROBE_MODULES:
-        if importlib.util.find_spec(mod) is None: continue
-        try: found.update(getattr(importlib.import_module(mod), "PROBES", {}))
-        except Exception as e:  # one broken probe module must not take the other probes down with it
-            print(f"seqlab: warning: the probes of {mod} are unavailable: {type(e).__name__}: {e}", file=sys.stderr)
-    order = {n: i for i, n in enumerate(PROBE_ORDER)}
-    return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], len(order))))
-
-def get_probe(name: str) -> Probe:
-    "The probe called `name`, or a SeqlabError listing the ones that exist."
-    from seqlab.core import suggest
-    probes = available_probes()
-    if name not in probes:
-        raise SeqlabError(f"Unknown probe {name!r}.{suggest(name, probes)} Available: {', '.join(probes)}.")
-    return probes[name]
+def writable_folder(out: str | Path) -> Path:
+    "Create `out` if needed and check a file can be written there, before any long work starts."
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".seqlab-write-check") as t: t.write_text("ok")
+        (out / ".seqlab-write-check").unlink()
+    except OSError as e:
+        raise BadInput(f"Cannot write results to {out} ({type(e).__name__}: {e.strerror or e}); pass --out with a folder you can write.") from None
+    return out
 
 # %% ../nbs/30_cli.ipynb #c008
 def _figure_html(fig, include_plotlyjs) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False})
 
-def run_probe(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0) -> Result:
-    "Run one probe on a model (a name or a loaded LabModel); write PROBE.json and PROBE.html in `out`."
+def _model_for(probe: Probe, model):
+    "The model a probe runs on: a LabModel as given, a name loaded, or None for an 'own' probe given no model."
     from seqlab.zoo import LabModel, load
+    if model is None or isinstance(model, LabModel): return model
+    return load(model)
+
+def run_and_save(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0) -> Result:
+    "Run one probe (on a model name, a loaded LabModel, or None for an 'own' probe); write PROBE.json and PROBE.html in `out`."
     probe = get_probe(name)
+    out = writable_folder(out)
     cfg = probe.make_config(quick=quick, seed=seed)
-    lab = model if isinstance(model, LabModel) else load(model)
-    t0 = time.time()
-    res = probe.run(lab, cfg)
-    res.elapsed_s = time.time() - t0
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    res = run_probe(probe, _model_for(probe, model), cfg)
     res.save(out / f"{name}.json")
-    try: fig = res.figure()
-    except NotImplementedError: fig = None
+    fig = figure(res)
     if fig is not None:
         with atomic_path(out / f"{name}.html") as t:
             # plotly.js is written once next to the pages and shared by them, and works offline
@@ -94,8 +80,8 @@ def write_report(outcomes: list[dict], out: str | Path, model_name: str) -> Path
             parts.append(f"<div class='failed'><b>This probe failed</b>: {html.escape(o['error'])}</div>")
         else:
             res = o["result"]
-            try: parts.append(_figure_html(res.figure(), include_plotlyjs=False))
-            except NotImplementedError: pass
+            fig = figure(res)
+            if fig is not None: parts.append(_figure_html(fig, include_plotlyjs=False))
             parts.append(_table(res.summary()))
             parts.append(f"<p class='meta'>{res.elapsed_s:.1f} s · seed {res.seed} · data: <a href='{p.name}.json'>{p.name}.json</a>"
                          + (f" · method: the <code>{p.page}</code> notebook" if p.page else "") + "</p>")
@@ -116,21 +102,27 @@ def _cmd_models(args):
     for m in list_models():
         print(f"{m['name']:<28} {m['kind']:<9} {m.get('state', ''):<12} {m.get('source', '')}" + ("  [SPUN: backdoored, research only]" if m.get("spun") else ""))
 
+DEFAULT_MODEL = "smollm2-135m"  # the embedded model (seqlab.zoo.EMBEDDED)
+
+def _model_arg(probe: Probe, given: str | None):
+    "The model named on the command line; unnamed, the embedded model, or none for a probe that trains its own."
+    if given is not None: return given
+    return None if probe.needs == "own" else DEFAULT_MODEL
+
 def _cmd_run(args):
-    res = run_probe(args.probe, args.model, args.out, args.quick, args.seed)
+    res = run_and_save(args.probe, _model_arg(get_probe(args.probe), args.model), args.out, args.quick, args.seed)
     _print_table(res.summary(), f"{args.probe} on {res.model} ({res.elapsed_s:.1f} s) -> {Path(args.out) / (args.probe + '.json')}")
 
 def _cmd_report(args):
     from seqlab.zoo import load
-    probes = available_probes()
-    if args.probes:
-        probes = {n: get_probe(n) for n in args.probes.split(",")}
-    model = load(args.model)
+    probes = {n: get_probe(n) for n in args.probes.split(",")} if args.probes else all_probes()
+    writable_folder(args.out)
+    model = load(args.model)  # loaded once, shared by every probe that studies a given model
     outcomes = []
     for name, p in probes.items():
         print(f"seqlab report: running {name} ...", flush=True)
         try:
-            res = run_probe(name, model, args.out, args.quick, args.seed)
+            res = run_and_save(name, None if p.needs == "own" else model, args.out, args.quick, args.seed)
             outcomes.append({"name": name, "probe": p, "result": res})
             _print_table(res.summary())
         except Exception as e:  # one probe failing must not lose the others
@@ -228,10 +220,12 @@ def _parser():
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("models", help="what can be loaded, and from where")
     r = sub.add_parser("run", help="run one probe")
-    r.add_argument("probe"); r.add_argument("--model", default="smollm2-135m"); r.add_argument("--out", default="results")
+    r.add_argument("probe")
+    r.add_argument("--model", default=None, help="a model name or folder (default: the embedded model; none for probes that train their own)")
+    r.add_argument("--out", default="results")
     r.add_argument("--quick", action="store_true", help="small preset (minutes on 2 cores)"); r.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report", help="run every probe and write DIR/index.html")
-    p.add_argument("--model", default="smollm2-135m"); p.add_argument("--out", default="report")
+    p.add_argument("--model", default=DEFAULT_MODEL); p.add_argument("--out", default="report")
     p.add_argument("--quick", action="store_true"); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probes", default="", help="comma-separated subset")
     b = sub.add_parser("bench", help="run the benchmarks in bench/")

@@ -8,21 +8,21 @@ Docs: https://seqlab.github.io/seqlab/viz.html.md"""
 from __future__ import annotations
 import html, json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from .core import BadInput, Result
+from .core import BadInput, Result, all_probes, get_probe
 
 # %% auto #0
-__all__ = ['pattern_figure', 'head_grid_figure', 'line_figure', 'AttentionExplorer', 'ResultExplorer', 'SurprisalExplorer',
-           'StateExplorer', 'SpinExplorer']
-
-# %% ../nbs/20_viz.ipynb #c005
-__all__ = ["pattern_figure", "head_grid_figure", "line_figure", "AttentionExplorer", "ResultExplorer",
-           "SurprisalExplorer", "StateExplorer", "SpinExplorer"]
+__all__ = ['FIGURES', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure', 'AttentionExplorer',
+           'ResultExplorer', 'SurprisalExplorer', 'StateExplorer', 'SpinExplorer']
 
 # %% ../nbs/20_viz.ipynb #c007
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
 def _labels(str_tokens: list[str]) -> list[str]:
     "Unique, readable axis labels (plotly merges equal category labels, so each carries its position)."
     return [f"{i}:{t!r}"[:24] for i, t in enumerate(str_tokens)]
@@ -48,13 +48,42 @@ def head_grid_figure(scores, title: str = "", score_name: str = "score", zmax: f
     fig.update_layout(title=title, height=max(360, 16 * z.shape[0] + 120), xaxis_title="head", yaxis_title="layer")
     return fig
 
-def line_figure(series: dict[str, list], x=None, title: str = "", xaxis: str = "position", yaxis: str = "") -> go.Figure:
-    "Several named curves on one axis (surprisal traces, state statistics over position, error curves)."
+def line_band_figure(series: dict[str, tuple], x=None, title: str = "", xaxis: str = "position", yaxis: str = "",
+                      log_x: bool = False, height: int = 420) -> go.Figure:
+    "Named curves on one axis, each `y` or `(y, lo, hi)`: the band between lo and hi is shaded (an interval over seeds or draws)."
     fig = go.Figure()
-    for name, ys in series.items():
-        fig.add_trace(go.Scatter(x=list(x) if x is not None else list(range(len(ys))), y=list(ys), mode="lines", name=name))
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=420)
+    for k, (name, ys) in enumerate(series.items()):
+        y, lo, hi = (ys if isinstance(ys, tuple) else (ys, None, None))
+        xs = list(x) if x is not None else list(range(len(y)))
+        color = _COLORS[k % len(_COLORS)]
+        if lo is not None and hi is not None:
+            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=color, opacity=0.2,
+                                     line=dict(width=0), hoverinfo="skip", showlegend=False, name=f"{name} interval"))
+        fig.add_trace(go.Scatter(x=xs, y=list(y), mode="lines", name=name, line=dict(color=color)))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=height)
+    if log_x: fig.update_xaxes(type="log")
     return fig
+
+def bar_figure(values: dict[str, float], errors: dict[str, tuple] | None = None, title: str = "", yaxis: str = "",
+               highlight: str | None = None, height: int = 380) -> go.Figure:
+    "One bar per name, with optional asymmetric error bars `(lo, hi)` and one bar highlighted."
+    names = list(values)
+    err = None
+    if errors:
+        err = dict(type="data", symmetric=False, array=[errors[n][1] - values[n] for n in names],
+                   arrayminus=[values[n] - errors[n][0] for n in names])
+    colors = ["#d62728" if n == highlight else "#1f77b4" for n in names]
+    fig = go.Figure(go.Bar(x=names, y=[values[n] for n in names], error_y=err, marker_color=colors))
+    fig.update_layout(title=title, yaxis_title=yaxis, height=height)
+    return fig
+
+# %% ../nbs/20_viz.ipynb #c029
+FIGURES: dict[str, Callable[[Result], go.Figure]] = {}
+
+def figure(res: Result) -> go.Figure | None:
+    "The figure of a probe result (None for a probe that draws none)."
+    fn = FIGURES.get(res.probe)
+    return fn(res) if fn is not None else None
 
 # %% ../nbs/20_viz.ipynb #c009
 class _Explorer:
@@ -117,7 +146,6 @@ class ResultExplorer(_Explorer):
 
     def __init__(self, folder: str | Path = "report"):
         import ipywidgets as W
-        from seqlab.cli import available_probes
         self.folder = Path(folder)
         files = sorted(self.folder.glob("*.json"))
         if not files: raise BadInput(f"No results in {self.folder}; run `seqlab report --out {self.folder}` first.")
@@ -125,7 +153,6 @@ class ResultExplorer(_Explorer):
         for f in files:
             try: self.results[f.stem] = Result.load(f)
             except (BadInput, ValueError): continue
-        self._probes = available_probes()
         self.pick = W.Dropdown(options=list(self.results), description="probe")
         self.out = W.Output()
         self.pick.observe(lambda _: self.update(), names="value")
@@ -133,12 +160,9 @@ class ResultExplorer(_Explorer):
         self.update()
 
     def _typed(self, res: Result) -> Result:
-        "The probe's own Result subclass (it draws the figure), read off its run function's return annotation."
-        import dataclasses, typing
-        p = self._probes.get(res.probe)
-        try: cls = typing.get_type_hints(p.run).get("return") if p else None
-        except Exception: cls = None
-        if not (isinstance(cls, type) and issubclass(cls, Result)): return res
+        "The probe's own Result subclass (for its summary), from the registry."
+        import dataclasses
+        cls = all_probes()[res.probe].result if res.probe in all_probes() else Result
         return cls(**{f.name: getattr(res, f.name) for f in dataclasses.fields(Result)})
 
     def update(self):
@@ -146,8 +170,8 @@ class ResultExplorer(_Explorer):
         res = self._typed(self.results[self.pick.value])
         self.out.clear_output(wait=True)
         with self.out:
-            try: display(go.FigureWidget(res.figure()))
-            except NotImplementedError: pass
+            fig = figure(res)
+            if fig is not None: display(go.FigureWidget(fig))
             rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in res.summary())
             display(HTML(f"<table>{rows}</table>"))
 
