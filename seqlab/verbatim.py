@@ -6,8 +6,8 @@ Docs: https://seqlab.github.io/seqlab/verbatim.html.md"""
 
 # %% ../nbs/12_verbatim.ipynb #c004
 from __future__ import annotations
-import contextlib, csv, dataclasses, hashlib, json, math, random, re, time
-from dataclasses import dataclass
+import csv, dataclasses, json, random, re, time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +15,21 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .core import BadInput, Probe, Result, data_dir, seed_everything
+from .core import BadInput, Probe, Result, data_dir, limit_threads, register_probe, seed_everything
+from .archs import LSTMConfig, TransformerConfig, build_model
+from .train import TrainConfig, batches_from_tokens, checkpoint_path, checkpoint_step, trained
 from .capture import capture, token_surprisal
-from .zoo import LabModel
+from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'PROBES', 'verbatim_dir', 'load_pools',
+__all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'NATS_DECIMALS', 'CORPUS_LIST_LENGTHS',
+           'CORPUS_FILLERS', 'CORPUS_ARBITRARY_FRAC', 'CORPUS_REPEAT_FRAC', 'verbatim_dir', 'load_pools',
            'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
            'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'word_surprisal',
-           'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'VerbatimConfig', 'grid_stimuli',
-           'VerbatimResult', 'run', 'WordTokenizer', 'load_corpus_templates', 'arch_corpus', 'arch_model_configs',
-           'train_arch_models', 'arch_design', 'architecture_contrast']
-
-# %% ../nbs/12_verbatim.ipynb #c005
-__all__ = ["LIST_TYPES", "CONDITIONS", "SCENARIOS", "N_BASE", "N_SHIFTS", "PERMUTE_SEED", "verbatim_dir", "load_pools",
-           "build_base_lists", "load_lists", "load_vignette", "shifted_list", "derange", "second_list", "scramble_words",
-           "Stimulus", "make_stimulus", "token_offsets", "word_pieces", "token_surprisal", "word_surprisal",
-           "surprisal_reduce", "score_stimuli", "repeat_surprisal", "median_ci", "VerbatimConfig", "grid_stimuli", "VerbatimResult",
-           "run", "PROBES", "WordTokenizer", "load_corpus_templates", "arch_corpus", "arch_model_configs", "train_arch_models",
-           "arch_design", "architecture_contrast"]
+           'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'ArchContrastConfig', 'VerbatimConfig',
+           'grid_stimuli', 'VerbatimResult', 'cell_surprisals', 'run', 'WordTokenizer', 'load_corpus_templates',
+           'arch_corpus', 'arch_model_configs', 'arch_tokenizer', 'arch_rows', 'corpus_info', 'train_arch_models',
+           'arch_design', 'architecture_contrast']
 
 # %% ../nbs/12_verbatim.ipynb #c007
 LIST_TYPES = ("arbitrary", "semantic")
@@ -220,6 +216,22 @@ def median_ci(values, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) 
 
 # %% ../nbs/12_verbatim.ipynb #c026
 @dataclass
+class ArchContrastConfig:
+    "The architecture contrast (see 'Architectures side by side'): corpus, model sizes, training, and the sub-design scored."
+    n_docs: int = 1500                            # generated stories (about 0.55 MB of text)
+    seq_len: int = 128                            # length of a training row, and the Transformer's n_ctx
+    batch_size: int = 16
+    d_model: int = 64                             # the Transformer's width; the LSTM's is matched by parameter count
+    n_layers: int = 2                             # both models
+    n_heads: int = 4                              # the Transformer's
+    # the probe's seed and progress replace train.seed and train.progress, so one seed sets corpus, init and batches
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-3, warmup_frac=0.1, eval_every=0))
+    list_lengths: tuple = (3, 5, 7, 10)
+    interveners: tuple = (1, 2)
+    n_per_cell: int = 20
+    threads: int = 1                              # on shared, busy cores one thread trains these tiny models several times faster than two
+
+@dataclass
 class VerbatimConfig:
     "The verbatim memory probe's design."
     list_lengths: tuple = (3, 5, 7, 10)
@@ -234,21 +246,9 @@ class VerbatimConfig:
     n_per_cell: int = 50                          # stimuli per cell; the reference uses all 230
     skip_first: bool = True                       # exclude the first noun of each list (the reference's rule)
     batch_size: int = 8
-    n_boot: int = 10_000
-    # the architecture contrast: a lab Transformer and LSTM trained on a generated corpus (see "Architectures side by side")
-    architectures: bool = True
-    arch_steps: int = 300
-    arch_batch_size: int = 16
-    arch_seq_len: int = 128
-    arch_lr: float = 3e-3
-    arch_d_model: int = 64                        # the Transformer's width; the LSTM's is matched by parameter count
-    arch_n_layers: int = 2
-    arch_n_heads: int = 4
-    arch_n_docs: int = 1500                       # generated stories (about 0.55 MB of text)
-    arch_list_lengths: tuple = (3, 5, 7, 10)
-    arch_interveners: tuple = (1, 2)
-    arch_n_per_cell: int = 20
-    arch_threads: int = 1
+    n_boot: int = 10_000                          # bootstrap resamples per interval (the paper's 95% interval of the median)
+    architectures: bool = True                    # also train and score the lab's Transformer and LSTM (`arch`)
+    arch: ArchContrastConfig = field(default_factory=ArchContrastConfig)
     seed: int = 0
 
     @classmethod
@@ -257,6 +257,7 @@ class VerbatimConfig:
         return cls(n_per_cell=2, interveners=(1, 3, 5), sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000,
                    architectures=False)
 
+# %% ../nbs/12_verbatim.ipynb #c054
 def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict | None = None) -> list[Stimulus]:
     "Every stimulus the design needs, each cell once."
     lists, vignette = lists or load_lists(), vignette or load_vignette()
@@ -267,7 +268,7 @@ def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict 
         bad = [g for g in got if g not in known]
         if bad: raise BadInput(f"Unknown {name} {bad}; use any of {known}.")
     items = sorted(np.random.default_rng(cfg.seed).choice(n_items, cfg.n_per_cell, replace=False).tolist())
-    cells = {}
+    cells = {}   # (list type, N, intervening key, scenario), in order and each once (the sweeps share cells)
     for lt in cfg.list_types:
         for n in cfg.list_lengths: cells[(lt, n, cfg.default_intervening, "intact")] = 1
     for lt in cfg.sweep_list_types:
@@ -278,13 +279,14 @@ def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict 
         for cond in cfg.conditions:
             for it in items:
                 f, s = second_list(lists[lt], it, n, cond)
+                # seed + item: each item scrambles its intervening text its own way, the same in every condition
                 out.append(make_stimulus(f, s, vignette, intervening=k, scenario=sc, seed=cfg.seed + it,
                                          list_type=lt, condition=cond, item=it))
     return out
 
 # %% ../nbs/12_verbatim.ipynb #c029
 class VerbatimResult(Result):
-    "Repeat surprisal by list length, intervening length, position and context."
+    "Repeat surprisal by list length, intervening length, position and context (draw it with `seqlab.viz.figure`)."
 
     def summary(self) -> list[list]:
         rows, m = [], self.metrics
@@ -302,103 +304,52 @@ class VerbatimResult(Result):
         rows.append(["stimuli scored", m["n_stimuli"]])
         return rows
 
-    def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-        m = self.metrics
-        colors = {"repeat": "#1f77b4", "permute": "#ff7f0e", "control": "#2ca02c"}
-        dash = {"arbitrary": "solid", "semantic": "dot"}
-        archs = m.get("architectures", {})
-        titles = ["by list length (intervening key 1)", "by intervening length (N=10)", "per position, second list (N=10)"]
-        if archs: titles += ["architectures: by list length (arbitrary, key 1)", "architectures: by intervening key (N=10)",
-                             "lab models: training loss"]
-        fig = make_subplots(rows=2 if archs else 1, cols=3, subplot_titles=titles, vertical_spacing=0.15)
-        def err(cs): return dict(type="data", symmetric=False, array=[c["ci_high"] - c["median"] for c in cs],
-                                 arrayminus=[c["median"] - c["ci_low"] for c in cs])
-        for lt, by_c in m["repeat_surprisal"].items():
-            for cond, by_n in by_c.items():
-                xs = sorted(by_n, key=int); cs = [by_n[x] for x in xs]
-                fig.add_trace(go.Scatter(x=[int(x) for x in xs], y=[c["median"] for c in cs], error_y=err(cs),
-                              name=f"{lt} {cond}", legendgroup=f"{lt} {cond}",
-                              line=dict(color=colors.get(cond), dash=dash.get(lt))), 1, 1)
-        for lt, by_t in m.get("by_intervening_ci", {}).items():
-            toks = sorted(by_t, key=int)
-            for cond in self.config["conditions"]:
-                cs = [by_t[t][cond] for t in toks]
-                fig.add_trace(go.Scatter(x=[int(t) for t in toks], y=[c["median"] for c in cs], error_y=err(cs),
-                              name=f"{lt} {cond}", legendgroup=f"{lt} {cond}", showlegend=False,
-                              line=dict(color=colors.get(cond), dash=dash.get(lt))), 1, 2)
-        for lt, by_c in m.get("per_position", {}).items():
-            for cond, pp in by_c.items():
-                fig.add_trace(go.Scatter(x=list(range(len(pp["second"]))), y=[c["median"] for c in pp["second"]],
-                              error_y=err(pp["second"]), name=f"{lt} {cond}", legendgroup=f"{lt} {cond}",
-                              showlegend=False, line=dict(color=colors.get(cond), dash=dash.get(lt))), 1, 3)
-        fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=2)
-        fig.update_yaxes(title_text="surprisal (nats)", row=1, col=3)
-        fig.update_xaxes(title_text="list length", row=1, col=1); fig.update_xaxes(title_text="intervening tokens", type="log", row=1, col=2)
-        fig.update_xaxes(title_text="noun position", row=1, col=3)
-        if archs: self._architecture_traces(fig, colors)
-        fig.update_layout(title=f"Verbatim memory: {self.model}", height=840 if archs else 420, width=1250)
-        return fig
-
-    def _architecture_traces(self, fig, colors):
-        import plotly.graph_objects as go
-        m = self.metrics
-        dash = {"Transformer": "solid", "LSTM": "dash"}
-        for arch, by_c in m["architectures"].items():
-            for cond, by_n in by_c.items():
-                xs = sorted(by_n, key=int)
-                fig.add_trace(go.Scatter(x=[int(x) for x in xs], y=[by_n[x] for x in xs], name=f"{arch} {cond}",
-                              legendgroup=f"{arch} {cond}", line=dict(color=colors.get(cond), dash=dash.get(arch, "dot"))), 2, 1)
-            by_k = m["architectures_by_intervening"].get(arch, {})
-            ks = sorted(by_k, key=int)
-            for cond in by_c:
-                fig.add_trace(go.Scatter(x=[int(k) for k in ks], y=[by_k[k][cond] for k in ks], name=f"{arch} {cond}",
-                              legendgroup=f"{arch} {cond}", showlegend=False,
-                              line=dict(color=colors.get(cond), dash=dash.get(arch, "dot"))), 2, 2)
-        for arch, inf in m["architectures_training"].items():
-            if "loss" not in inf: continue
-            fig.add_trace(go.Scatter(x=[s for s, _ in inf["loss"]], y=[l for _, l in inf["loss"]], name=f"{arch} loss",
-                          line=dict(color="black", dash=dash.get(arch, "dot"))), 2, 3)
-        fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=2)
-        fig.update_yaxes(title_text="loss (nats/token)", row=2, col=3)
-        fig.update_xaxes(title_text="list length", row=2, col=1); fig.update_xaxes(title_text="intervening key", row=2, col=2)
-        fig.update_xaxes(title_text="step", row=2, col=3)
-
-# %% ../nbs/12_verbatim.ipynb #c030
-def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: dict) -> dict:
-    rs = [repeat_surprisal(f, s, cfg.skip_first) for f, s in scores]
+# %% ../nbs/12_verbatim.ipynb #c056
+def cell_surprisals(stimuli: list[Stimulus], scores, skip_first: bool = True) -> tuple[list[float], dict]:
+    "Each stimulus's repeat surprisal, and {(list type, condition, N, intervening key, scenario): [(repeat surprisal, (first, second))]}."
+    rs = [repeat_surprisal(f, s, skip_first) for f, s in scores]
     cells: dict = {}
-    for st, r, sc in zip(stimuli, rs, scores): cells.setdefault((st.list_type, st.condition, st.list_length, st.intervening, st.scenario), []).append((r, sc))
-    ci = lambda v, salt=0: median_ci(v, cfg.n_boot, cfg.seed + salt)
-    rep = {lt: {c: {str(n): ci([r for r, _ in cells[(lt, c, n, cfg.default_intervening, "intact")]])
-                    for n in cfg.list_lengths} for c in cfg.conditions} for lt in cfg.list_types}
-    N = cfg.sweep_list_length
-    by_iv = {lt: {str(iv_tokens[k]): {c: ci([r for r, _ in cells[(lt, c, N, k, "intact")]]) for c in cfg.conditions}
-                  for k in cfg.interveners} for lt in cfg.sweep_list_types}
+    for st, r, sc in zip(stimuli, rs, scores):
+        cells.setdefault((st.list_type, st.condition, st.list_length, st.intervening, st.scenario), []).append((r, sc))
+    return rs, cells
+
+# %% ../nbs/12_verbatim.ipynb #c058
+NATS_DECIMALS = 4   # per-stimulus surprisals and training losses are kept to 1e-4 nats: plenty for later statistics, a smaller JSON
+
+def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: dict) -> dict:
+    "The metrics: median and interval of each cell of the sweeps, per-position surprisals, and every stimulus's numbers."
+    rs, cells = cell_surprisals(stimuli, scores, cfg.skip_first)
+    ci = lambda v: median_ci(v, cfg.n_boot, cfg.seed)
+    cell_ci = lambda *key: ci([r for r, _ in cells[key]])
+    K, N = cfg.default_intervening, cfg.sweep_list_length
+    rep = {lt: {c: {str(n): cell_ci(lt, c, n, K, "intact") for n in cfg.list_lengths} for c in cfg.conditions}
+           for lt in cfg.list_types}
+    by_iv = {lt: {str(iv_tokens[k]): {c: cell_ci(lt, c, N, k, "intact") for c in cfg.conditions} for k in cfg.interveners}
+             for lt in cfg.sweep_list_types}
     main = "arbitrary" if "arbitrary" in by_iv else next(iter(by_iv))
     per_pos = {}
     for lt in cfg.sweep_list_types:
         per_pos[lt] = {}
         for c in cfg.conditions:
-            sc = [s for _, s in cells[(lt, c, N, cfg.default_intervening, "intact")]]
+            sc = [s for _, s in cells[(lt, c, N, K, "intact")]]
             per_pos[lt][c] = {"first": [ci([f[p] for f, _ in sc]) for p in range(N)],
                               "second": [ci([s[p] for _, s in sc]) for p in range(N)]}
-    ctx = {sc: {c: ci([r for r, _ in cells[(cfg.context_list_type, c, N, cfg.default_intervening, sc)]])
-                for c in cfg.conditions} for sc in cfg.scenarios}
+    ctx = {sc: {c: cell_ci(cfg.context_list_type, c, N, K, sc) for c in cfg.conditions} for sc in cfg.scenarios}
+    gpt2_tokens = load_vignette()["gpt2_tokens_reference"]
     return {"repeat_surprisal": rep,
             "by_intervening": {t: {c: v["median"] for c, v in by_c.items()} for t, by_c in by_iv[main].items()},
             "by_intervening_ci": by_iv, "per_position": per_pos, "by_context": ctx,
             "intervening_tokens": {str(k): iv_tokens[k] for k in cfg.interveners},
-            "intervening_tokens_gpt2_reference": {str(k): v for k, v in load_vignette()["gpt2_tokens_reference"].items() if int(k) in cfg.interveners},
+            "intervening_tokens_gpt2_reference": {str(k): v for k, v in gpt2_tokens.items() if int(k) in cfg.interveners},
             "n_stimuli": len(stimuli), "n_per_cell": cfg.n_per_cell,
             "stimuli": [{"list_type": st.list_type, "condition": st.condition, "list_length": st.list_length,
                          "intervening": st.intervening, "scenario": st.scenario, "item": st.item, "repeat_surprisal": r,
-                         "first": f.round(4).tolist(), "second": s.round(4).tolist()}
+                         "first": f.round(NATS_DECIMALS).tolist(), "second": s.round(NATS_DECIMALS).tolist()}
                         for st, r, (f, s) in zip(stimuli, rs, scores)]}
 
-def run(model: LabModel, cfg: VerbatimConfig | None = None, progress: bool = True) -> VerbatimResult:
-    "Score the design on `model` and aggregate repeat surprisal."
+# %% ../nbs/12_verbatim.ipynb #c030
+def run(model: LabModel, cfg: VerbatimConfig | None = None, *, progress: bool = True) -> VerbatimResult:
+    "Score the design on `model` (any kind) and aggregate repeat surprisal; with `cfg.architectures`, add the lab models beside it."
     cfg = cfg or VerbatimConfig()
     t0 = time.time(); seed_everything(cfg.seed)
     vignette = load_vignette()
@@ -410,8 +361,9 @@ def run(model: LabModel, cfg: VerbatimConfig | None = None, progress: bool = Tru
     return VerbatimResult(probe="verbatim", model=model.name, config=dataclasses.asdict(cfg), metrics=metrics,
                           seed=cfg.seed, elapsed_s=time.time() - t0)
 
-PROBES = {"verbatim": Probe(name="verbatim", config=VerbatimConfig, run=run, needs="any", page="12_verbatim",
-                            question="After reading a list of nouns and some unrelated text, how much more predictable is the list when it comes again: exactly, permuted, or not at all?")}
+register_probe(Probe(name="verbatim", config=VerbatimConfig, run=run, result=VerbatimResult, needs="any", page="12_verbatim",
+                     question="After reading a list of nouns and some unrelated text, how much more predictable is the list "
+                              "when it comes again: exactly, permuted, or not at all?"))
 
 # %% ../nbs/12_verbatim.ipynb #c032
 _WORD = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")
@@ -461,13 +413,20 @@ class WordTokenizer:
     def to_dict(self) -> dict: return {"type": "WordTokenizer", "words": self.words, "unk": self.unk, "pad": self.pad}
 
 # %% ../nbs/12_verbatim.ipynb #c035
+_ARCH_DATA_VERSION = 1   # bump when arch_corpus, these numbers or corpus_templates.json change: cached models saw the old corpus
+# the corpus design described above (seqlab's own)
+CORPUS_LIST_LENGTHS = (2, 10)    # nouns per story list, both ends included
+CORPUS_FILLERS = (0, 8)          # filler sentences between the two lists, both ends included
+CORPUS_ARBITRARY_FRAC = 0.5      # share of stories whose list comes from the arbitrary pool; the rest use one semantic category
+CORPUS_REPEAT_FRAC = 0.7         # share of stories whose second list repeats the first; the rest get novel nouns
+
 def load_corpus_templates(folder: Path | None = None) -> dict:
     "Names, story templates and slot fillers of the generated training corpus."
     return json.loads((Path(folder or verbatim_dir()) / "corpus_templates.json").read_text())
 
-def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = 0.7, templates: dict | None = None,
+def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = CORPUS_REPEAT_FRAC, templates: dict | None = None,
                 pools: dict | None = None) -> list[str]:
-    "`n_docs` generated stories: a list of 2-10 nouns, 0-8 filler sentences, then the same list (`repeat_frac`) or a novel one."
+    "`n_docs` generated stories: a list of nouns, some filler sentences, then the same list (`repeat_frac`) or a novel one."
     if n_docs < 1: raise BadInput(f"n_docs must be >= 1, got {n_docs}.")
     if not 0 <= repeat_frac <= 1: raise BadInput(f"repeat_frac must lie in [0, 1], got {repeat_frac}.")
     T, pools = templates or load_corpus_templates(), pools or load_pools()
@@ -481,95 +440,109 @@ def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = 0.7, templates:
         return s[0].upper() + s[1:]
     docs = []
     for _ in range(n_docs):
-        name, n = rng.choice(names), rng.randint(2, 10)
-        nouns = rng.sample(arb, n) if rng.random() < 0.5 else rng.sample(rng.choice(cats), n)
+        name, n = rng.choice(names), rng.randint(*CORPUS_LIST_LENGTHS)
+        nouns = rng.sample(arb, n) if rng.random() < CORPUS_ARBITRARY_FRAC else rng.sample(rng.choice(cats), n)
         parts = [fill(rng.choice(T["first"]), name, nouns)]
-        parts += [fill(rng.choice(T["filler"]), name, nouns) for _ in range(rng.randint(0, 8))]
+        parts += [fill(rng.choice(T["filler"]), name, nouns) for _ in range(rng.randint(*CORPUS_FILLERS))]
         again = nouns if rng.random() < repeat_frac else rng.sample(arb, n)
         parts.append(fill(rng.choice(T["second"]), name, again))
         docs.append(" ".join(parts))
     return docs
 
 # %% ../nbs/12_verbatim.ipynb #c039
-_ARCH_DATA_VERSION = 1   # bump when arch_corpus or corpus_templates.json change: cached models saw the old corpus
+def _lstm_params(d: int, vocab_size: int, n_layers: int) -> int:
+    # embedding and unembedding, per layer 4 gates of (input + hidden) weights and a bias, and the final norm; it counts
+    # the norm's 2 * d twice, kept as it was so the matched widths (and the trained models) stay the same
+    return 2 * vocab_size * d + n_layers * (8 * d * d + 4 * d) + 4 * d
 
-def arch_model_configs(cfg, vocab_size: int) -> dict:
+def arch_model_configs(arch: ArchContrastConfig, vocab_size: int) -> dict:
     "{'Transformer': TransformerConfig, 'LSTM': LSTMConfig} at (about) equal parameter counts."
-    from seqlab.archs import LSTMConfig, TransformerConfig, build_model
-    tcfg = TransformerConfig(d_vocab=vocab_size, n_ctx=cfg.arch_seq_len, d_model=cfg.arch_d_model, n_layers=cfg.arch_n_layers,
-                             n_heads=cfg.arch_n_heads)
+    tcfg = TransformerConfig(d_vocab=vocab_size, n_ctx=arch.seq_len, d_model=arch.d_model, n_layers=arch.n_layers,
+                             n_heads=arch.n_heads)
     target = build_model("Transformer", tcfg).n_params()
-    lstm_params = lambda d: 2 * vocab_size * d + cfg.arch_n_layers * (8 * d * d + 4 * d) + 4 * d   # checked against build_model below
-    d = min(range(8, 4 * cfg.arch_d_model + 1), key=lambda d: abs(lstm_params(d) - target))
-    return {"Transformer": tcfg, "LSTM": LSTMConfig(d_vocab=vocab_size, d_model=d, n_layers=cfg.arch_n_layers)}
+    # the LSTM widths searched: 8 up to 4x the Transformer's (its match lies well inside at these sizes)
+    d = min(range(8, 4 * arch.d_model + 1), key=lambda d: abs(_lstm_params(d, vocab_size, arch.n_layers) - target))
+    return {"Transformer": tcfg, "LSTM": LSTMConfig(d_vocab=vocab_size, d_model=d, n_layers=arch.n_layers)}
 
-@contextlib.contextmanager
-def _threads(n: int):
-    # on shared, busy cores one thread trains these tiny models several times faster than two
-    old = torch.get_num_threads(); torch.set_num_threads(max(1, n))
-    try: yield
-    finally: torch.set_num_threads(old)
-
-def train_arch_models(cfg, root: Path | None = None, progress: bool = False) -> tuple[dict, WordTokenizer, dict]:
-    "({arch: LabModel}, tokenizer, {arch: {'n_params', 'history', 'cached'}}): trained, or loaded from the checkpoint cache."
-    from seqlab.archs import as_lab_model, build_model
-    from seqlab.train import TrainConfig, batches_from_tokens, checkpoints_dir, load_model, train
-    vignette, pools = load_vignette(), load_pools()
-    n_docs = cfg.arch_n_docs
-    docs = arch_corpus(n_docs, seed=cfg.seed)
+# %% ../nbs/12_verbatim.ipynb #c063
+def arch_tokenizer(docs: list[str], vignette: dict | None = None, pools: dict | None = None) -> WordTokenizer:
+    "The word vocabulary of the corpus, the vignette's texts and both noun pools (so every test word has a token)."
+    vignette, pools = vignette or load_vignette(), pools or load_pools()
     vig_texts = [vignette["preface"], vignette["prompt"], *vignette["intervening"].values(), *vignette["incongruent"].values(),
                  " ".join(vignette["pronoun"])]
-    nouns = pools["arbitrary"] + [w for v in pools["semantic"].values() for w in v]
-    tok = WordTokenizer.from_texts(docs + vig_texts + [" ".join(nouns)])
+    return WordTokenizer.from_texts(docs + vig_texts + [" ".join(_all_nouns(pools))])
+
+def _all_nouns(pools: dict) -> list[str]: return pools["arbitrary"] + [w for v in pools["semantic"].values() for w in v]
+
+def arch_rows(docs: list[str], tok: WordTokenizer, seq_len: int) -> Int[Tensor, "row seq_len"]:
+    "The corpus as one token stream cut into rows of `seq_len` (the tail that does not fill a row is dropped)."
     stream = torch.tensor([i for d in docs for i in tok.encode(d)])
-    L = cfg.arch_seq_len
-    rows = stream[: len(stream) // L * L].reshape(-1, L)
-    tcfg = TrainConfig(steps=cfg.arch_steps, lr=cfg.arch_lr, warmup_frac=0.1, eval_every=0, seed=cfg.seed, progress=progress)
+    return stream[: len(stream) // seq_len * seq_len].reshape(-1, seq_len)
+
+def corpus_info(docs: list[str], tok: WordTokenizer, arch: ArchContrastConfig, vignette: dict | None = None,
+                pools: dict | None = None) -> dict:
+    "Size of the corpus and how much of the test's words it covers (a word the models never saw keeps its random embedding)."
+    vignette, pools = vignette or load_vignette(), pools or load_pools()
+    seen, nouns = {m.group().lower() for d in docs for m in _WORD.finditer(d)}, _all_nouns(pools)
+    return {"n_docs": len(docs), "chars": sum(len(d) + 1 for d in docs), "tokens": sum(len(tok.encode(d)) for d in docs),
+            "vocab": tok.vocab_size, "train_tokens": arch.train.steps * arch.batch_size * arch.seq_len, "seq_len": arch.seq_len,
+            "noun_coverage": sum(w in seen for w in nouns) / len(nouns),
+            "intervening_coverage": {k: tok.coverage(v, seen) for k, v in vignette["intervening"].items()},
+            "frame_coverage": tok.coverage(vignette["preface"] + vignette["prompt"], seen)}
+
+# %% ../nbs/12_verbatim.ipynb #c066
+def train_arch_models(cfg: VerbatimConfig, root: Path | None = None, progress: bool = False) -> tuple[dict, WordTokenizer, dict]:
+    "({arch: LabModel}, tokenizer, {arch: {'n_params', 'loss', 'cached', ...}, 'corpus': ...}): trained, or loaded from the cache."
+    arch = cfg.arch
+    docs = arch_corpus(arch.n_docs, seed=cfg.seed)
+    tok = arch_tokenizer(docs)
+    data = batches_from_tokens(arch_rows(docs, tok, arch.seq_len), arch.batch_size, seed=cfg.seed)
+    tcfg = dataclasses.replace(arch.train, seed=cfg.seed, progress=progress)
+    key = {"n_docs": arch.n_docs, "seq_len": arch.seq_len, "batch_size": arch.batch_size, "data": _ARCH_DATA_VERSION,
+           "vocab": tok.words}   # with the model's and the training config, everything that sets the weights
     models, info = {}, {}
-    for arch, mcfg in arch_model_configs(cfg, tok.vocab_size).items():
-        key = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg) | {"progress": None}, "n_docs": n_docs,
-               "batch_size": cfg.arch_batch_size, "data": _ARCH_DATA_VERSION, "vocab": tok.vocab_size}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        path = Path(root or checkpoints_dir()) / f"verbatim-{arch.lower()}-{digest}"
-        meta_path = path / "seqlab.json"
-        cached = meta_path.exists() and json.loads(meta_path.read_text()).get("step") == cfg.arch_steps
-        if cached:
-            model = load_model(path, arch=arch, config=mcfg)[0]
-            if json.loads(meta_path.read_text())["meta"].get("vocab") != tok.words:
-                raise BadInput(f"The cached checkpoint {path} has another vocabulary; delete it to retrain.")
-        else:
-            torch.manual_seed(cfg.seed)
-            model = build_model(arch, mcfg)
-            with _threads(cfg.arch_threads):
-                train(model, batches_from_tokens(rows, cfg.arch_batch_size, seed=cfg.seed), tcfg, out=path,
-                      meta={"probe": "verbatim", "vocab": tok.words, "key": key})
-        history = json.loads((path / "trainer.json").read_text())["history"]
-        info[arch] = {"n_params": model.n_params(), "d_model": mcfg.d_model, "n_layers": mcfg.n_layers, "cached": cached,
-                      "checkpoint": str(path), "loss": [[h["step"], round(h["loss"], 4)] for h in history if "loss" in h]}
-        models[arch] = as_lab_model(model.eval(), tok, f"lab-{arch.lower()}-verbatim", source=f"lab checkpoint {path}")
-    seen = {m.group().lower() for d in docs for m in _WORD.finditer(d)}
-    info["corpus"] = {"n_docs": n_docs, "chars": sum(len(d) + 1 for d in docs), "tokens": len(stream), "vocab": tok.vocab_size,
-                      "train_tokens": cfg.arch_steps * cfg.arch_batch_size * L, "seq_len": L,
-                      "noun_coverage": sum(w in seen for w in nouns) / len(nouns),
-                      "intervening_coverage": {k: tok.coverage(v, seen) for k, v in vignette["intervening"].items()},
-                      "frame_coverage": tok.coverage(vignette["preface"] + vignette["prompt"], seen)}
+    for name, mcfg in arch_model_configs(arch, tok.vocab_size).items():
+        ckpt = f"verbatim-{name.lower()}"
+        path = checkpoint_path(ckpt, mcfg, tcfg, key, root)
+        cached = checkpoint_step(path) == tcfg.steps
+        model, history = trained(lambda: build_model(name, mcfg), data, tcfg, ckpt, key, meta={"probe": "verbatim"},
+                                 threads=arch.threads, root=root)
+        info[name] = {"n_params": model.n_params(), "d_model": mcfg.d_model, "n_layers": mcfg.n_layers, "cached": cached,
+                      "checkpoint": str(path),
+                      "loss": [[h["step"], round(h["loss"], NATS_DECIMALS)] for h in history if "loss" in h]}
+        models[name] = as_lab_model(model, tok, f"lab-{name.lower()}-verbatim", source=f"lab checkpoint {path}")
+    info["corpus"] = corpus_info(docs, tok, arch)
     return models, tok, info
 
 # %% ../nbs/12_verbatim.ipynb #c041
-def arch_design(cfg) -> "VerbatimConfig":
+def arch_design(cfg: VerbatimConfig) -> VerbatimConfig:
     "The sub-design the lab models are scored on."
-    return dataclasses.replace(cfg, list_lengths=cfg.arch_list_lengths, interveners=cfg.arch_interveners, list_types=("arbitrary",),
-                               sweep_list_types=("arbitrary",), scenarios=("intact",), n_per_cell=cfg.arch_n_per_cell,
+    a = cfg.arch
+    return dataclasses.replace(cfg, list_lengths=a.list_lengths, interveners=a.interveners, list_types=("arbitrary",),
+                               sweep_list_types=("arbitrary",), scenarios=("intact",), n_per_cell=a.n_per_cell,
                                context_list_type="arbitrary")
 
 def _medians(m: dict, iv_keys) -> tuple[dict, dict]:
+    "Medians of the arbitrary pool: {condition: {N: %}} and {intervening key: {condition: %}} for the keys `iv_keys`."
     by_n = {c: {n: v["median"] for n, v in by_n.items()} for c, by_n in m["repeat_surprisal"]["arbitrary"].items()}
     tok_to_key = {str(t): k for k, t in m["intervening_tokens"].items()}
     by_iv = {tok_to_key[t]: {c: v["median"] for c, v in by_c.items()} for t, by_c in m["by_intervening_ci"]["arbitrary"].items()
              if tok_to_key[t] in iv_keys}
     return by_n, by_iv
 
-def architecture_contrast(cfg, embedded: dict | None = None, embedded_name: str = "embedded",
+def _embedded_beside(cfg: VerbatimConfig, embedded: dict, keys: list[str]) -> dict | None:
+    "The embedded model's medians on the lab models' cells, or None when its design did not score them all."
+    a = cfg.arch
+    have_n = set(a.list_lengths) <= set(cfg.list_lengths) and "arbitrary" in cfg.list_types
+    have_iv = set(a.interveners) <= set(cfg.interveners) and "arbitrary" in cfg.sweep_list_types
+    if not (have_n and have_iv): return None
+    by_n, by_iv = _medians(embedded, keys)
+    return {"architectures": {c: {n: v for n, v in d.items() if int(n) in a.list_lengths} for c, d in by_n.items()},
+            "architectures_by_intervening": by_iv,
+            "architectures_intervening_tokens": {k: embedded["intervening_tokens"][k] for k in keys}}
+
+# %% ../nbs/12_verbatim.ipynb #c068
+def architecture_contrast(cfg: VerbatimConfig, embedded: dict | None = None, embedded_name: str = "embedded",
                           progress: bool = False) -> dict:
     "Train (or load) the lab models, score them on `arch_design(cfg)`, and put them beside the embedded model's metrics."
     models, tok, info = train_arch_models(cfg, progress=progress)
@@ -579,7 +552,7 @@ def architecture_contrast(cfg, embedded: dict | None = None, embedded_name: str 
            "architectures_intervening_tokens": {}, "architectures_n_per_cell": design.n_per_cell}
     keys = [str(k) for k in design.interveners]
     for arch, lm in models.items():
-        with _threads(cfg.arch_threads):
+        with limit_threads(cfg.arch.threads):
             scores = score_stimuli(lm, stimuli, cfg.batch_size)
         iv_tokens = {k: len(lm.encode(vignette["intervening"][str(k)])) for k in design.interveners}
         m = _aggregate(design, stimuli, scores, iv_tokens)
@@ -587,13 +560,7 @@ def architecture_contrast(cfg, embedded: dict | None = None, embedded_name: str 
         out["architectures_ci"][arch] = m["repeat_surprisal"]["arbitrary"]
         out["architectures_intervening_tokens"][arch] = m["intervening_tokens"]
         first = [f[1:].mean() for (f, _), st in zip(scores, stimuli) if st.condition == "control"]
-        info[arch]["first_list_surprisal"] = float(np.median(first))   # nats per noun: how well it knows the nouns at all
-    if embedded is not None:
-        have_n = set(cfg.arch_list_lengths) <= set(cfg.list_lengths) and "arbitrary" in cfg.list_types
-        have_iv = set(cfg.arch_interveners) <= set(cfg.interveners) and "arbitrary" in cfg.sweep_list_types
-        if have_n and have_iv:
-            by_n, by_iv = _medians(embedded, keys)
-            out["architectures"][embedded_name] = {c: {n: v for n, v in d.items() if int(n) in cfg.arch_list_lengths} for c, d in by_n.items()}
-            out["architectures_by_intervening"][embedded_name] = by_iv
-            out["architectures_intervening_tokens"][embedded_name] = {k: embedded["intervening_tokens"][k] for k in keys}
+        info[arch]["first_list_surprisal"] = float(np.median(first))   # nats per noun after the first: how well it knows the nouns at all
+    beside = _embedded_beside(cfg, embedded, keys) if embedded is not None else None
+    for k, v in (beside or {}).items(): out[k][embedded_name] = v
     return out

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from seqlab.core import BadInput
-from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, PROBES, Stimulus, VerbatimConfig,
-                             build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
+from seqlab.capture import token_surprisal
+from seqlab.core import BadInput, get_probe
+from seqlab.train import TrainConfig
+from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, ArchContrastConfig, Stimulus, VerbatimConfig,
+                             VerbatimResult, build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
                              make_stimulus, median_ci, repeat_surprisal, run, score_stimuli, second_list,
-                             shifted_list, token_offsets, token_surprisal, word_pieces, word_surprisal)
+                             shifted_list, token_offsets, word_pieces, word_surprisal)
 
 
 # -- stimuli files ---------------------------------------------------------------------------------
@@ -145,8 +147,9 @@ def test_probe_runs_and_repeat_is_cheaper(model):
     assert rs["repeat"]["10"]["median"] < rs["control"]["10"]["median"]
     assert set(res.metrics["by_intervening"]) == {str(t) for t in res.metrics["intervening_tokens"].values()}
     assert len(res.metrics["per_position"]["arbitrary"]["repeat"]["second"]) == 10
-    assert res.figure() is not None and res.summary()
-    assert PROBES["verbatim"].run is run and PROBES["verbatim"].config is VerbatimConfig
+    assert res.summary()
+    p = get_probe("verbatim")
+    assert (p.run, p.config, p.result, p.needs, p.page) == (run, VerbatimConfig, VerbatimResult, "any", "12_verbatim")
 
 
 # -- lab models (the architecture contrast) ---------------------------------------------------------
@@ -162,7 +165,8 @@ def test_word_tokenizer_and_corpus():
 
 def test_lab_models_train_cache_and_score(tmp_path):
     from seqlab.verbatim import train_arch_models
-    cfg = VerbatimConfig(arch_steps=2, arch_n_docs=20, arch_seq_len=32, arch_d_model=16, arch_n_heads=2)
+    cfg = VerbatimConfig(arch=ArchContrastConfig(n_docs=20, seq_len=32, d_model=16, n_heads=2,
+                                                 train=TrainConfig(steps=2, lr=3e-3, warmup_frac=0.1, eval_every=0)))
     models, tok, info = train_arch_models(cfg, root=tmp_path)
     assert abs(info["LSTM"]["n_params"] / info["Transformer"]["n_params"] - 1) < 0.1   # matched parameter counts
     assert not info["LSTM"]["cached"] and len(info["LSTM"]["loss"]) == 2
