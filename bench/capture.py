@@ -73,8 +73,8 @@ def main():
         pattern_gb = L * m.arch.n_heads * b * n * n * 4 / 2**30
         everything_gb = 2.2 * pattern_gb  # patterns and scores dominate the full cache
         runs = {
-            "plain HF (SDPA)": lambda: m.fast(input_ids=toks).logits,
-            "bridge forward": lambda: m.hooked(toks),
+            "plain HF (SDPA)": lambda: m.forward_tokens(toks),
+            "bridge forward": lambda: m.forward_tokens(toks, hooked=True),
             "bridge run_with_cache(resid_post)": lambda: m.hooked.run_with_cache(toks, names_filter=lambda x: x in resid),
             "seqlab capture(resid_post, every layer)": lambda: capture(m, toks, resid, batch_size=b, progress=False),
             "bridge run_with_cache(patterns)": lambda: m.hooked.run_with_cache(toks, names_filter=lambda x: x in patterns),

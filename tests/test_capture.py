@@ -88,3 +88,35 @@ def test_a_failed_spill_leaves_no_index_that_vouches_for_it(smol, tmp_path):
     cap = capture(smol, TEXTS[:2], ["blocks.0.hook_resid_post"], progress=False)
     with pytest.raises(HookNotFound, match="capture again"):
         cap["blocks.1.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    from seqlab.zoo import load, write_tiny_llama
+    return load(write_tiny_llama(tmp_path_factory.mktemp("capture") / "tiny-llama"))
+
+
+def test_each_batch_is_tokenized_once(tiny_hf, monkeypatch):
+    calls, real = [], tiny_hf.tokenize
+    monkeypatch.setattr(tiny_hf, "tokenize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capture(tiny_hf, TEXTS, ["blocks.0.hook_resid_post", "logits"], batch_size=3, progress=False)
+    assert len(calls) == 3
+
+
+def test_a_padded_token_tensor_with_its_mask_equals_the_texts(tiny_hf):
+    texts = ["Hi there", "Hi", "abc", "a longer one", "x"]
+    names = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "logits"]
+    a = capture(tiny_hf, texts, names, batch_size=2, progress=False)
+    toks, mask = tiny_hf.tokenize(texts)
+    b = capture(tiny_hf, toks, names, batch_size=2, attention_mask=mask, progress=False)
+    assert a.lengths.tolist() == b.lengths.tolist() == [8, 2, 3, 12, 1]
+    for n in names:
+        for i, L in enumerate(a.lengths.tolist()):
+            x, y = (a[n][i, :, :L, :L], b[n][i, :, :L, :L]) if n.endswith("pattern") else (a[n][i, :L], b[n][i, :L])
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    with pytest.raises(BadInput, match="one mask row per token row"):
+        capture(tiny_hf, toks, "logits", attention_mask=mask[:2], progress=False)
+    with pytest.raises(BadInput, match="right-padded"):
+        capture(tiny_hf, toks, "logits", attention_mask=mask.flip(1), progress=False)
+    with pytest.raises(BadInput, match="token tensor"):
+        capture(tiny_hf, texts, "logits", attention_mask=mask, progress=False)
