@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 
 from .core import SeqlabError
 from .zoo import LabModel, load
+from . import capture  # lends LabModel its run_with_cache / run_with_hooks / hooks methods

@@ -115,6 +115,9 @@ def run_with_cache(model: LabModel, inputs, names=None, attention_mask: Tensor |
                                    lambda n, t: t.detach().to(device))
     return logits, ActivationCache(store, model.hooked)
 
+# %% ../nbs/02_capture.ipynb #c021
+LabModel.run_with_cache, LabModel.run_with_hooks, LabModel.hooks = run_with_cache, run_with_hooks, hooks
+
 # %% ../nbs/02_capture.ipynb #c009
 class Capture:
     "The kept activations of a `capture` run, by hook name; in memory or as safetensors shards on disk."
