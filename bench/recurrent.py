@@ -57,7 +57,7 @@ def child(n_tokens: int, piece: int) -> dict:
 
 
 def scan_vs_chunked(T: int, device) -> dict:
-    from seqlab.archs import ssd_chunked, ssd_scan
+    from seqlab.ssd import ssd_chunked, ssd_scan
     g = torch.Generator().manual_seed(0)
     b, H, P, N = 1, 8, 16, 16
     X, B, C = torch.randn(b, T, H, P, generator=g), torch.randn(b, T, N, generator=g), torch.randn(b, T, N, generator=g)

@@ -6,8 +6,7 @@ Docs: https://seqlab.github.io/seqlab/archs.html.md"""
 
 # %% ../nbs/03_archs.ipynb #c004
 from __future__ import annotations
-import dataclasses, json, math
-from pathlib import Path
+import dataclasses, math
 from typing import Callable
 
 import torch
@@ -20,18 +19,13 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .core import BadInput, SeqlabError
+from .ssd import ssd_chunked, state_stats
 
 # %% auto #0
-__all__ = ['ARCHS', 'CharTokenizer', 'LayerNorm', 'RMSNorm', 'make_norm', 'ngram_match', 'NGramLayer', 'TransformerConfig',
-           'Attention', 'MLP', 'TransformerBlock', 'Transformer', 'LSTMConfig', 'LSTMLayer', 'LSTMBlock', 'LSTM',
-           'segsum', 'ssd_scan', 'ssd_chunked', 'state_stats', 'Mamba2Config', 'Mamba2State', 'Mamba2Mixer',
-           'Mamba2Block', 'Mamba2', 'build_model', 'arch_record', 'as_lab_model']
-
-# %% ../nbs/03_archs.ipynb #c005
-__all__ = ["CharTokenizer", "RMSNorm", "LayerNorm", "make_norm", "ngram_match", "NGramLayer",
-           "TransformerConfig", "Transformer", "LSTMConfig", "LSTM",
-           "segsum", "ssd_scan", "ssd_chunked", "Mamba2Config", "Mamba2State", "Mamba2", "state_stats",
-           "ARCHS", "build_model", "arch_record", "as_lab_model"]
+__all__ = ['FORGET_BIAS', 'INIT_STD', 'ARCHS', 'CharTokenizer', 'LayerNorm', 'RMSNorm', 'make_norm', 'ngram_match', 'NGramLayer',
+           'TransformerConfig', 'Attention', 'MLP', 'TransformerBlock', 'Transformer', 'LSTMConfig', 'LSTMLayer',
+           'LSTMBlock', 'LSTM', 'Mamba2Config', 'Mamba2State', 'Mamba2Mixer', 'Mamba2Block', 'Mamba2', 'build_model',
+           'arch_record']
 
 # %% ../nbs/03_archs.ipynb #c007
 class CharTokenizer:
@@ -187,6 +181,7 @@ def _rope(x: Float[Tensor, "batch pos head d_head"], theta: float) -> Float[Tens
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
+# %% ../nbs/03_archs.ipynb #c051
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -214,6 +209,7 @@ class Attention(nn.Module):
             return self.hook_result(einsum(z, W_O, "b q h d, h d m -> b q h m")).sum(2)
         return self.out(rearrange(z, "b q h d -> b q (h d)"))
 
+# %% ../nbs/03_archs.ipynb #c053
 class MLP(nn.Module):
     def __init__(self, d_model: int, d_mlp: int):
         super().__init__()
@@ -262,6 +258,7 @@ class _LabArch(HookedRootModule):
         raise SeqlabError(f"{type(self).__name__} is a recurrent model; it has no attention weights (W_Q, W_K, W_V, W_O, ln2, mlp).")
     W_Q = W_K = W_V = W_O = ln2 = mlp = _not_attention
 
+# %% ../nbs/03_archs.ipynb #c056
 class Transformer(_LabArch):
     "A GPT-style decoder: tokens [batch, pos] -> logits [batch, pos, d_vocab], with TransformerLens hook names."
     family, kind = "transformer", "attention"
@@ -315,6 +312,8 @@ class LSTMConfig:
         make_norm(self.norm, 1)
         self.ngram_layers = _check_ngram_layers(self.ngram_layers, self.n_layers)
 
+FORGET_BIAS = 1.0   # forget-gate bias at init: remember by default at the start (Gers et al. 2000; Jozefowicz et al. 2015)
+
 class LSTMLayer(nn.Module):
     def __init__(self, d: int):
         super().__init__()
@@ -323,7 +322,7 @@ class LSTMLayer(nn.Module):
         self.U = nn.Linear(d, 4 * d, bias=False)     # hidden -> gates
         bound = 1 / math.sqrt(d)                     # PyTorch's nn.LSTM initialisation
         for p in self.parameters(): nn.init.uniform_(p, -bound, bound)
-        with torch.no_grad(): self.W.bias[d:2 * d].fill_(1.0)   # forget-gate bias 1: remember by default at the start
+        with torch.no_grad(): self.W.bias[d:2 * d].fill_(FORGET_BIAS)
         self.hook_h, self.hook_c = HookPoint(), HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d"], state=None, attention_mask=None):
@@ -343,6 +342,7 @@ class LSTMLayer(nn.Module):
         H, C = self.hook_h(torch.stack(hs, 1)), self.hook_c(torch.stack(cs, 1))
         return H, (H[:, -1], C[:, -1])
 
+# %% ../nbs/03_archs.ipynb #c058
 class LSTMBlock(nn.Module):
     def __init__(self, cfg: LSTMConfig, layer: int):
         super().__init__()
@@ -378,75 +378,6 @@ class LSTM(_LabArch):
         logits = self.unembed(self.ln_final(x))
         return (logits, new_state) if return_state else logits
 
-# %% ../nbs/03_archs.ipynb #c032
-def segsum(x: Float[Tensor, "... T"]) -> Float[Tensor, "... T T"]:
-    "out[..., i, j] = x[j+1] + ... + x[i] for j <= i, -inf above the diagonal (stable: no differences of cumsums)."
-    T = x.shape[-1]
-    x = repeat(x, "... d -> ... d e", e=T)
-    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1), 0)
-    x = torch.cumsum(x, dim=-2)
-    return x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0), -torch.inf)
-
-def ssd_scan(X: Float[Tensor, "batch pos head p"], logA: Float[Tensor, "batch pos head"], B: Float[Tensor, "batch pos n"],
-             C: Float[Tensor, "batch pos n"], initial_state: Float[Tensor, "batch head p n"] | None = None):
-    "The recurrence step by step: h_t = exp(logA_t) h_{t-1} + X_t B_t^T, y_t = h_t C_t. Returns (Y, final state)."
-    b, T, H, P = X.shape
-    h = initial_state if initial_state is not None else X.new_zeros(b, H, P, B.shape[-1])
-    ys = []
-    for t in range(T):
-        h = logA[:, t, :, None, None].exp() * h + einsum(X[:, t], B[:, t], "b h p, b n -> b h p n")
-        ys.append(einsum(h, C[:, t], "b h p n, b n -> b h p"))
-    return torch.stack(ys, 1), h
-
-def ssd_chunked(X: Float[Tensor, "batch pos head p"], logA: Float[Tensor, "batch pos head"], B: Float[Tensor, "batch pos n"],
-                C: Float[Tensor, "batch pos n"], chunk_size: int, initial_state: Float[Tensor, "batch head p n"] | None = None,
-                state_transform: Callable | None = None):
-    """The same recurrence by the chunked SSD algorithm. Returns (Y [batch pos head p],
-    chunk_states [batch chunk head p n] (the state at the END of each chunk), final state [batch head p n]).
-    `state_transform(state, chunk_index) -> state`, if given, is applied to each chunk's outgoing state before the
-    next chunk reads it (the plug for state-collapse mitigations such as state normalisation)."""
-    b, T, H, P = X.shape
-    pad = (-T) % chunk_size
-    if pad:   # padded steps have logA = 0 (no decay) and X = B = C = 0: they leave the state as it was
-        X, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (X, B, C))
-        logA = F.pad(logA, (0, 0, 0, pad))
-    X = rearrange(X, "b (c l) h p -> b c l h p", l=chunk_size)
-    B, C = (rearrange(t, "b (c l) n -> b c l n", l=chunk_size) for t in (B, C))
-    logA = rearrange(logA, "b (c l) h -> b h c l", l=chunk_size)
-    A_cumsum = torch.cumsum(logA, dim=-1)
-
-    # 1. intra-chunk outputs (the diagonal blocks): y_l = sum_{s<=l} C_l.B_s exp(logA_{s+1..l}) X_s
-    L = torch.exp(segsum(logA))
-    Y_diag = einsum(einsum(C, B, "b c l n, b c s n -> b c l s"), L, X, "b c l s, b h c l s, b c s h p -> b c l h p")
-
-    # 2. chunk states: each chunk's own contribution to the state at its end
-    decay_states = torch.exp(A_cumsum[..., -1:] - A_cumsum)
-    states = einsum(B, decay_states, X, "b c l n, b h c l, b c l h p -> b c h p n")
-
-    # 3. state passing: a recurrence over chunks, h_end[c] = exp(sum of logA in c) h_end[c-1] + states[c]
-    h = initial_state if initial_state is not None else X.new_zeros(b, H, P, B.shape[-1])
-    chunk_decay = torch.exp(A_cumsum[..., -1])                     # [b, h, c]
-    starts, ends = [], []
-    for c in range(X.shape[1]):
-        starts.append(h)
-        h = chunk_decay[:, :, c, None, None] * h + states[:, c]
-        if state_transform is not None: h = state_transform(h, c)
-        ends.append(h)
-    starts, ends = torch.stack(starts, 1), torch.stack(ends, 1)
-
-    # 4. state-to-output: what each position reads from the state its chunk started with
-    Y_off = einsum(C, starts, torch.exp(A_cumsum), "b c l n, b c h p n, b h c l -> b c l h p")
-    Y = rearrange(Y_diag + Y_off, "b c l h p -> b (c l) h p")[:, :T]
-    return Y, ends, h
-
-# %% ../nbs/03_archs.ipynb #c036
-def state_stats(states: Float[Tensor, "batch chunk head p n"], top_k: int = 4) -> dict:
-    "Per chunk and head: `rms` and `max_abs` of the state, and `top_channels`, the p indices of the largest channel RMS."
-    chan = states.pow(2).mean(-1)                                              # [b, c, h, p]
-    k = min(top_k, states.shape[-2])
-    return {"rms": states.pow(2).mean((-1, -2)).sqrt(), "max_abs": states.abs().amax((-1, -2)),
-            "top_channels": chan.topk(k, dim=-1).indices}
-
 # %% ../nbs/03_archs.ipynb #c039
 @dataclasses.dataclass
 class Mamba2Config:
@@ -456,12 +387,12 @@ class Mamba2Config:
     d_state: int = 16                 # N
     d_head: int = 16                  # P
     expand: int = 2                   # d_inner = expand * d_model = n_heads * d_head
-    d_conv: int = 4
+    d_conv: int = 4                   # d_conv, expand and A_init_range: the defaults of mamba_ssm's Mamba2
     chunk_size: int = 64
     n_ctx: int | None = None          # recurrent: no context limit
     dt_min: float = 1e-3              # initial dt range, as in the Mamba-2 reference
     dt_max: float = 0.1
-    A_init_range: tuple = (1.0, 16.0)
+    A_init_range: tuple = (1.0, 16.0) # -A per head drawn uniformly from this range
     ngram_layers: tuple = ()
     def __post_init__(self):
         if (self.expand * self.d_model) % self.d_head:
@@ -486,6 +417,7 @@ class Mamba2State:
     conv: list    # [batch, conv_dim, d_conv - 1] per layer
     ssm: list     # [batch, head, d_head, d_state] per layer
 
+# %% ../nbs/03_archs.ipynb #c064
 class Mamba2Mixer(nn.Module):
     def __init__(self, cfg: Mamba2Config):
         super().__init__()
@@ -528,6 +460,7 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(rearrange(y, "b t h p -> b t (h p)") * F.silu(z))
         return self.out_proj(y), (new_conv, h)
 
+# %% ../nbs/03_archs.ipynb #c066
 class Mamba2Block(nn.Module):
     def __init__(self, cfg: Mamba2Config, layer: int):
         super().__init__()
@@ -556,6 +489,28 @@ class _Growing:
         self.buf[:, self.n:self.n + x.shape[1]] = x; self.n += x.shape[1]
     def result(self) -> Tensor: return self.buf[:, :self.n].clone()
 
+# %% ../nbs/03_archs.ipynb #c069
+def _pieces(tokens, piece_len: int, chunk_size: int, progress: bool = False):
+    "The pieces `Mamba2.stream` runs: `tokens` [batch, pos] cut every `piece_len`, or an iterable of pieces, all on the chunk grid but the last."
+    if isinstance(tokens, Tensor):
+        if piece_len % chunk_size:
+            raise BadInput(f"piece_len {piece_len} is not a multiple of chunk_size {chunk_size}; the chunk grid would shift between pieces.")
+        tokens = [tokens[:, s:s + piece_len] for s in range(0, tokens.shape[1], piece_len)]
+    if progress:
+        from tqdm.auto import tqdm
+        tokens = tqdm(tokens, desc="stream", unit="piece")
+    def checked():
+        ragged = None
+        for piece in tokens:
+            if ragged is not None:
+                raise BadInput(f"A piece of {ragged} tokens (not a multiple of chunk_size {chunk_size}) was followed by another; only the last piece may be ragged.")
+            if piece.shape[1] % chunk_size: ragged = piece.shape[1]
+            yield piece
+    return checked()
+
+# %% ../nbs/03_archs.ipynb #c071
+INIT_STD = 0.02   # (un)embedding init std: mamba_ssm's MambaLMHeadModel (initializer_range), as GPT-2
+
 class Mamba2(_LabArch):
     "A Mamba-2 language model on the chunked SSD algorithm, with a streaming mode and state statistics."
     family, kind = "mamba2", "recurrent"
@@ -566,7 +521,7 @@ class Mamba2(_LabArch):
         self.blocks = nn.ModuleList([Mamba2Block(cfg, l) for l in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
-        nn.init.normal_(self.embed.weight, std=0.02); nn.init.normal_(self.unembed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=INIT_STD); nn.init.normal_(self.unembed.weight, std=INIT_STD)
         self.setup()
 
     def forward(self, tokens: Int[Tensor, "batch pos"], attention_mask=None, state: Mamba2State | None = None,
@@ -588,26 +543,15 @@ class Mamba2(_LabArch):
         """Run a long sequence in pieces, carrying state; keep per-token loss and per-chunk state statistics only.
         `tokens` is a [batch, pos] tensor (cut into `piece_len` pieces) or an iterable of [batch, piece] tensors
         (for inputs generated on the fly). Returns {'nll': [batch, pos-1], 'state': the final Mamba2State,
-        'stats': {layer: {'rms'|'max_abs': [batch, chunk, head], 'top_channels': [batch, chunk, head, top_k]}}}.
+        'stats': {layer: `state_stats` of every chunk-end state, concatenated over the chunks}}.
         Chunks are counted on each piece's own grid, so every piece but the last must be a multiple of `cfg.chunk_size`."""
-        cs = self.cfg.chunk_size
-        if isinstance(tokens, Tensor):
-            if piece_len % cs:
-                raise BadInput(f"piece_len {piece_len} is not a multiple of chunk_size {cs}; the chunk grid would shift between pieces.")
-            pieces = [tokens[:, s:s + piece_len] for s in range(0, tokens.shape[1], piece_len)]
-        else: pieces = tokens
+        pieces = _pieces(tokens, piece_len, self.cfg.chunk_size, progress)
         nll, stats = _Growing(), {l: {} for l in range(self.cfg.n_layers)}
-        state, prev_last, ragged = None, None, None
+        state, prev_last = None, None
         mixers = [b.ssm for b in self.blocks]
         for m in mixers: m.stats_top_k = top_k
         try:
-            if progress:
-                from tqdm.auto import tqdm
-                pieces = tqdm(pieces, desc="stream", unit="piece")
             for piece in pieces:
-                if ragged is not None:
-                    raise BadInput(f"A piece of {ragged} tokens (not a multiple of chunk_size {cs}) was followed by another; only the last piece may be ragged.")
-                if piece.shape[1] % cs: ragged = piece.shape[1]
                 logits, state = self(piece, state=state, return_state=True)
                 lp = logits.float().log_softmax(-1)
                 if prev_last is not None: nll.append(-prev_last.gather(-1, piece[:, :1]))
@@ -647,8 +591,3 @@ def arch_record(model: _LabArch) -> dict:
             "n_kv_heads": c.n_heads if attn else 0,
             "d_head": c.d_head if attn or isinstance(model, Mamba2) else 0,
             "d_mlp": c.d_mlp if attn else 0}
-
-def as_lab_model(model: _LabArch, tokenizer, name: str, source: str = "", meta: dict | None = None):
-    "Wrap one of the lab's models as a `seqlab.zoo.LabModel`."
-    from seqlab.zoo import Arch, LabModel
-    return LabModel(name, model, tokenizer, Arch(**arch_record(model)), source=source or f"seqlab {type(model).__name__}", meta=meta)

@@ -14,7 +14,8 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .archs import ngram_match, state_stats
+from .archs import ngram_match
+from .ssd import state_stats
 from .core import BadInput
 
 try:
@@ -29,9 +30,6 @@ __all__ = ['use_kernel', 'chunk_state_pass_reference', 'chunk_state_pass_triton'
            'ngram_average_triton', 'ngram_average']
 
 # %% ../nbs/05_kernels.ipynb #c005
-__all__ = ["HAVE_TRITON", "use_kernel", "chunk_state_pass_reference", "chunk_state_pass_triton", "chunk_state_pass",
-           "ngram_average_reference", "ngram_average_triton", "ngram_average"]
-
 def use_kernel(t: Tensor) -> bool:
     "Run the Triton kernel for tensors on `t`'s device? Yes on CUDA with triton installed, or when TRITON_INTERPRET=1."
     return HAVE_TRITON and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
@@ -66,7 +64,7 @@ def chunk_state_pass_reference(X: Float[Tensor, "batch pos head p"], logA: Float
 # %% ../nbs/05_kernels.ipynb #c010
 if HAVE_TRITON:
     @triton.jit
-    def _chunk_state_kernel(X, LOGA, Bm, H0, FINAL, RMS, MAXABS, TOPK, STATES,
+    def _chunk_state_kernel(X, LOGA, Bm, H0, FINAL, MEAN, VAR, RMS, MAXABS, CHRMS, TOPK, STATES,
                             T, NCHUNK, NHEAD: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
                             L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
                             HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr):
@@ -90,12 +88,18 @@ if HAVE_TRITON:
                          mask=in_seq[:, None] & (offs_n[None, :] < N), other=0.0).to(tl.float32)     # [L, BN]
             xd = x * tl.exp(a_tot - a_cum)[:, None]
             h = tl.exp(a_tot) * h + tl.dot(tl.trans(xd), bm, input_precision="ieee")               # [BP, BN]
-            # statistics of this chunk's final state
-            sq = tl.where(mask_pn, h * h, 0.0)
+            # statistics of this chunk's final state (state_stats)
             base = (bi * NCHUNK + c) * NHEAD + hi
+            mean = tl.sum(tl.sum(tl.where(mask_pn, h, 0.0), 1), 0) / (P * N)
+            dev = tl.where(mask_pn, h - mean, 0.0)
+            sq = tl.where(mask_pn, h * h, 0.0)
+            tl.store(MEAN + base, mean)
+            tl.store(VAR + base, tl.sum(tl.sum(dev * dev, 1), 0) / (P * N))
             tl.store(RMS + base, tl.sqrt(tl.sum(tl.sum(sq, 1), 0) / (P * N)))
             tl.store(MAXABS + base, tl.max(tl.max(tl.where(mask_pn, tl.abs(h), 0.0), 1), 0))
-            chan = tl.where(offs_p < P, tl.sum(sq, 1) / N, -1.0)
+            channel_ms = tl.sum(sq, 1) / N
+            tl.store(CHRMS + base * P + offs_p, tl.sqrt(channel_ms), mask=offs_p < P)
+            chan = tl.where(offs_p < P, channel_ms, -1.0)
             for k in tl.static_range(K):
                 best = tl.argmax(chan, 0)
                 tl.store(TOPK + base * K + k, best)
@@ -104,7 +108,8 @@ if HAVE_TRITON:
                 tl.store(STATES + (base * P + offs_p[:, None]) * N + offs_n[None, :], h, mask=mask_pn)
         tl.store(FINAL + ((bi * NHEAD + hi) * P + offs_p[:, None]) * N + offs_n[None, :], h, mask=mask_pn)
 
-def _pow2(n: int) -> int: return max(16, 1 << (int(n) - 1).bit_length())
+# %% ../nbs/05_kernels.ipynb #c018
+def _pow2(n: int) -> int: return max(16, 1 << (int(n) - 1).bit_length())   # tl.dot needs every dimension >= 16
 
 def chunk_state_pass_triton(X, logA, B, chunk_size: int, initial_state=None, top_k: int = 4, return_states: bool = False) -> dict:
     "The Triton kernel for `chunk_state_pass_reference` (same arguments, same results)."
@@ -116,16 +121,17 @@ def chunk_state_pass_triton(X, logA, B, chunk_size: int, initial_state=None, top
     k = min(top_k, P)
     nc = -(-T // chunk_size)
     X, logA, B = X.contiguous(), logA.contiguous(), B.contiguous()
-    dev = X.device
-    final = torch.empty(b, H, P, N, device=dev, dtype=torch.float32)
-    rms = torch.empty(b, nc, H, device=dev, dtype=torch.float32)
-    maxabs = torch.empty_like(rms)
-    topk = torch.empty(b, nc, H, k, device=dev, dtype=torch.int32)
-    states = torch.empty(b, nc, H, P, N, device=dev, dtype=torch.float32) if return_states else final
+    f32 = dict(device=X.device, dtype=torch.float32)
+    final = torch.empty(b, H, P, N, **f32)
+    mean, var, rms, maxabs = (torch.empty(b, nc, H, **f32) for _ in range(4))
+    chrms = torch.empty(b, nc, H, P, **f32)
+    topk = torch.empty(b, nc, H, k, device=X.device, dtype=torch.int32)
+    states = torch.empty(b, nc, H, P, N, **f32) if return_states else final
     h0 = initial_state.contiguous() if initial_state is not None else final
-    _chunk_state_kernel[(b * H,)](X, logA, B, h0, final, rms, maxabs, topk, states, T, nc, H, P, N,
+    _chunk_state_kernel[(b * H,)](X, logA, B, h0, final, mean, var, rms, maxabs, chrms, topk, states, T, nc, H, P, N,
                                   chunk_size, _pow2(P), _pow2(N), k, initial_state is not None, return_states)
-    out = {"final_state": final, "rms": rms, "max_abs": maxabs, "top_channels": topk.long()}
+    out = {"final_state": final, "mean": mean, "var": var, "rms": rms, "max_abs": maxabs, "channel_rms": chrms,
+           "top_channels": topk.long()}
     if return_states: out["states"] = states
     return out
 

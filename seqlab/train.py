@@ -18,15 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .archs import ARCHS, CharTokenizer, build_model
-from .core import BadInput, CheckpointError, SeqlabError, atomic_dir, get_device, seed_everything, seqlab_home, seqlab_version
+from .core import (BadInput, CheckpointError, SeqlabError, atomic_dir, config_hash, get_device, limit_threads,
+                         seed_everything, seqlab_home, seqlab_version)
 
 # %% auto #0
-__all__ = ['TrainConfig', 'TrainingDiverged', 'lr_at', 'batches_from_tokens', 'lm_loss', 'evaluate', 'save_checkpoint',
-           'load_model', 'load_checkpoint', 'checkpoints_dir', 'list_checkpoints', 'train']
-
-# %% ../nbs/04_train.ipynb #c005
-__all__ = ["TrainConfig", "TrainingDiverged", "lr_at", "batches_from_tokens", "lm_loss", "evaluate", "train",
-           "save_checkpoint", "load_model", "load_checkpoint", "list_checkpoints", "checkpoints_dir"]
+__all__ = ['STEP_SEED_STRIDE', 'TrainConfig', 'TrainingDiverged', 'lr_at', 'batches_from_tokens', 'lm_loss', 'evaluate',
+           'save_checkpoint', 'load_model', 'checkpoints_dir', 'list_checkpoints', 'train', 'checkpoint_path',
+           'checkpoint_step', 'trained']
 
 # %% ../nbs/04_train.ipynb #c007
 @dataclasses.dataclass
@@ -57,12 +55,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 # %% ../nbs/04_train.ipynb #c010
+STEP_SEED_STRIDE = 1_000_003   # a prime above any step count: the generator seed seed*stride+step never repeats across (seed, step)
+
 def batches_from_tokens(tokens: Tensor, batch_size: int, seed: int = 0, loss_mask: Tensor | None = None,
                         attention_mask: Tensor | None = None) -> Callable[[int], dict]:
     "A data function step -> batch sampling `batch_size` rows of `tokens` [n, pos] (with replacement, seeded per step)."
     if tokens.ndim != 2 or len(tokens) == 0: raise BadInput(f"tokens must be a non-empty [n, pos] tensor, got shape {tuple(tokens.shape)}.")
     def data(step: int) -> dict:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(seed * STEP_SEED_STRIDE + step)
         idx = torch.randint(len(tokens), (batch_size,), generator=g)
         out = {"tokens": tokens[idx]}
         if loss_mask is not None: out["loss_mask"] = loss_mask[idx]
@@ -70,6 +70,7 @@ def batches_from_tokens(tokens: Tensor, batch_size: int, seed: int = 0, loss_mas
         return out
     return data
 
+# %% ../nbs/04_train.ipynb #c035
 def _as_batch(batch, device) -> dict:
     if isinstance(batch, Tensor): batch = {"tokens": batch}
     elif isinstance(batch, (tuple, list)): batch = dict(zip(["tokens", "loss_mask", "attention_mask"], batch))
@@ -119,21 +120,25 @@ def evaluate(model, batches, device=None, loss_fn: Callable | None = None) -> fl
 _META, _WEIGHTS, _OPT, _TRAINER = "seqlab.json", "model.safetensors", "optimizer.safetensors", "trainer.json"
 _FORMAT = 1
 
-def _arch_name(model) -> str:
-    for name, (cls, _) in ARCHS.items():
-        if type(model) is cls: return name
-    raise BadInput(f"{type(model).__name__} is not one of the lab's architectures ({', '.join(ARCHS)}).")
+def _arch_name(model) -> str | None:
+    "The lab architecture `model` is an instance of, or None for any other module."
+    return next((name for name, (cls, _) in ARCHS.items() if type(model) is cls), None)
+
+def _module_name(model) -> str: return f"{type(model).__module__}.{type(model).__qualname__}"
+
+def _py_rng_to_json(st): return [st[0], list(st[1]), st[2]]
+def _py_rng_from_json(st): return (st[0], tuple(st[1]), st[2])
 
 def save_checkpoint(path, model, tokenizer=None, step: int = 0, meta: dict | None = None, optimizer=None,
                     trainer: dict | None = None) -> Path:
     "Write a checkpoint folder atomically: weights, seqlab.json, and (if given) optimizer and trainer state."
-    path = Path(path)
+    path, arch = Path(path), _arch_name(model)
     with atomic_dir(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / _WEIGHTS))
-        record = {"format": _FORMAT, "arch": _arch_name(model), "config": dataclasses.asdict(model.cfg),
-                  "seqlab_version": seqlab_version(), "step": step,
+        record = {"format": _FORMAT, "arch": arch, "module": _module_name(model),
+                  "config": dataclasses.asdict(model.cfg) if arch else None, "seqlab_version": seqlab_version(), "step": step,
                   "tokenizer": tokenizer.to_dict() if tokenizer is not None else None, "meta": meta or {}}
-        (tmp / _META).write_text(json.dumps(record, indent=1))
+        (tmp / _META).write_text(json.dumps(record, indent=1, default=str))   # meta may hold paths
         if optimizer is not None:
             sd = optimizer.state_dict()
             tensors = {f"state.{i}.{k}": v.detach().contiguous().cpu() for i, st in sd["state"].items() for k, v in st.items()}
@@ -144,9 +149,7 @@ def save_checkpoint(path, model, tokenizer=None, step: int = 0, meta: dict | Non
                                                     "rng_python": _py_rng_to_json(random.getstate())}))
     return path
 
-def _py_rng_to_json(st): return [st[0], list(st[1]), st[2]]
-def _py_rng_from_json(st): return (st[0], tuple(st[1]), st[2])
-
+# %% ../nbs/04_train.ipynb #c022
 def _read_json(path: Path, what: str) -> dict:
     if not path.exists(): raise CheckpointError(f"{path} is missing; {path.parent} is not a complete seqlab checkpoint ({what}).")
     try: return json.loads(path.read_text())
@@ -164,40 +167,49 @@ def _config_diff(a: dict, b: dict) -> list[str]:
 
 def _check_record(record: dict, path: Path, arch: str | None, config) -> None:
     if arch is not None and record.get("arch") != arch:
-        raise CheckpointError(f"{path} holds a {record.get('arch')} checkpoint, not a {arch}; load it as {record.get('arch')} or pick another checkpoint.")
+        raise CheckpointError(f"{path} holds a {record.get('arch') or record.get('module')} checkpoint, not a {arch}; "
+                              f"load it as what it is or pick another checkpoint.")
     if config is not None:
         want = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         if record.get("arch") in ARCHS and not dataclasses.is_dataclass(config): want = dataclasses.asdict(ARCHS[record["arch"]][1](**want))
         diff = _config_diff(json.loads(json.dumps(want)), record.get("config", {}))
         if diff: raise CheckpointError(f"{path} was saved with another config (expected vs saved): {'; '.join(diff)}.")
 
+def _check_same_model(record: dict, path: Path, model) -> None:
+    "Refuse to resume `model` from a checkpoint of another architecture, config or module class."
+    arch = _arch_name(model)
+    if arch is not None: return _check_record(record, path, arch, model.cfg)
+    if record.get("arch") is not None or record.get("module") != _module_name(model):
+        raise CheckpointError(f"{path} holds a {record.get('arch') or record.get('module')} checkpoint, not a {_module_name(model)}; "
+                              f"pick another folder.")
+
+def _load_weights(model, path: Path, what: str) -> None:
+    "Load `path`'s weights into `model`, refusing missing, unexpected or reshaped tensors."
+    weights, own = _read_tensors(path / _WEIGHTS), model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = [f"{k}: saved {tuple(weights[k].shape)} vs config {tuple(v.shape)}" for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    if missing or extra or shapes:
+        raise CheckpointError(f"{path / _WEIGHTS} does not match {what}: "
+                              f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {shapes[:5]}.")
+    model.load_state_dict(weights)
+
+# %% ../nbs/04_train.ipynb #c024
 def load_model(path, device=None, arch: str | None = None, config=None):
     "The model (in eval mode), its tokenizer (or None) and its seqlab.json record; checks arch, config and files."
     path = Path(path)
     if not path.is_dir(): raise CheckpointError(f"No checkpoint folder at {path}; train one with seqlab.train.train(..., out=path).")
     record = _read_json(path / _META, "seqlab.json holds the architecture and config")
+    if record.get("arch") is None and record.get("module"):
+        raise CheckpointError(f"{path} holds a {record['module']}, not one of the lab's architectures; build the model and "
+                              f"load it with seqlab.train.trained(build, ...), or load {_WEIGHTS} with load_state_dict.")
     if record.get("arch") not in ARCHS: raise CheckpointError(f"{path / _META} names architecture {record.get('arch')!r}; known: {', '.join(ARCHS)}.")
     _check_record(record, path, arch, config)
     try: model = build_model(record["arch"], record["config"])
     except (BadInput, TypeError) as e: raise CheckpointError(f"{path / _META} has a config that cannot build a {record['arch']}: {e}") from e
-    weights = _read_tensors(path / _WEIGHTS)
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    shapes = [f"{k}: saved {tuple(weights[k].shape)} vs config {tuple(v.shape)}" for k, v in own.items() if k in weights and weights[k].shape != v.shape]
-    if missing or extra or shapes:
-        raise CheckpointError(f"{path / _WEIGHTS} does not match the {record['arch']} config in {_META}: "
-                              f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {shapes[:5]}.")
-    model.load_state_dict(weights)
+    _load_weights(model, path, f"the {record['arch']} config in {_META}")
     model.to(get_device(device)).eval()
     tok = record.get("tokenizer")
     return model, (CharTokenizer.from_dict(tok) if tok else None), record
-
-def load_checkpoint(path, device=None, arch: str | None = None, config=None):
-    "A lab checkpoint as a `seqlab.zoo.LabModel` (what `seqlab.load(path)` returns); `.hooked` is the model itself."
-    from seqlab.archs import as_lab_model
-    model, tok, record = load_model(path, device, arch, config)
-    if tok is None: raise CheckpointError(f"{path} has no tokenizer; pass tokenizer= to train/save_checkpoint, or use load_model for the bare model.")
-    return as_lab_model(model, tok, Path(path).name, source=f"lab checkpoint {path} (step {record.get('step')})", meta=record.get("meta"))
 
 def checkpoints_dir() -> Path: return seqlab_home() / "checkpoints"
 
@@ -211,7 +223,7 @@ def list_checkpoints(root=None) -> list[dict]:
         spun = bool((r.get("meta") or {}).get("spun"))  # backdoored research models are always labelled
         out.append({"name": meta.parent.name, "path": str(meta.parent), "source": str(meta.parent),
                     "arch": r.get("arch"), "step": r.get("step"), "spun": spun,
-                    "state": f"{r.get('arch')} at step {r.get('step')}" + (" (SPUN)" if spun else "")})
+                    "state": f"{r.get('arch') or r.get('module')} at step {r.get('step')}" + (" (SPUN)" if spun else "")})
     return out
 
 # %% ../nbs/04_train.ipynb #c014
@@ -221,13 +233,12 @@ def _optimizer(model, cfg: TrainConfig):
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
                              lr=cfg.lr, betas=cfg.betas)
 
-def _resume(out: Path, model, opt, tokenizer) -> tuple[int, list]:
-    record = _read_json(out / _META, "seqlab.json")
-    _check_record(record, out, _arch_name(model), model.cfg)
+def _resume(out: Path, model, opt) -> tuple[int, list]:
+    "Load weights, optimizer state and RNG states from the checkpoint at `out`; return its step and history."
+    _check_same_model(_read_json(out / _META, "seqlab.json"), out, model)
     trainer = _read_json(out / _TRAINER, "trainer.json holds the optimizer settings for resuming")
     tensors = _read_tensors(out / _OPT)
-    weights = _read_tensors(out / _WEIGHTS)
-    model.load_state_dict(weights)
+    _load_weights(model, out, f"this {type(model).__name__}")
     state: dict = {}
     for key, v in tensors.items():
         if key.startswith("state."):
@@ -237,6 +248,7 @@ def _resume(out: Path, model, opt, tokenizer) -> tuple[int, list]:
     torch.set_rng_state(tensors["rng.torch"]); random.setstate(_py_rng_from_json(trainer["rng_python"]))
     return trainer["step"], trainer.get("history", [])
 
+# %% ../nbs/04_train.ipynb #c026
 def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval_data: list | None = None,
           tokenizer=None, meta: dict | None = None, stop_at: int | None = None, device=None,
           loss_fn: Callable | None = None) -> dict:
@@ -244,15 +256,12 @@ def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval
     Checkpoints go to `out` (resumed from if present; `out=None` writes none). Returns
     {'history': [{'step', 'loss', 'lr', 'grad_norm', ...logged} and {'step', 'eval_loss'}], 'step', 'checkpoint'}."""
     device = get_device(device)
-    if out is not None:
-        try: _arch_name(model)     # refuse before training, not when the first checkpoint is due
-        except BadInput as e: raise BadInput(f"{e} Only those can be checkpointed: pass out=None and save the model yourself.") from None
     model.to(device).train()
     seed_everything(cfg.seed)
     opt = _optimizer(model, cfg)
     out = Path(out) if out is not None else None
     step, history = 0, []
-    if out is not None and (out / _META).exists(): step, history = _resume(out, model, opt, tokenizer)
+    if out is not None and (out / _META).exists(): step, history = _resume(out, model, opt)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     last_good = step if out is not None and (out / _META).exists() else None
     meta = {**(meta or {}), "train_config": dataclasses.asdict(cfg)}
@@ -291,3 +300,29 @@ def train(model, data: Callable[[int], object], cfg: TrainConfig, out=None, eval
     if out is not None and last_good != step: checkpoint(step)
     model.eval()
     return {"history": history, "step": step, "checkpoint": out}
+
+# %% ../nbs/04_train.ipynb #c028
+def checkpoint_path(name: str, model_cfg, cfg: TrainConfig, key: dict | None = None, root: Path | None = None) -> Path:
+    "The folder `trained` uses: root (default `checkpoints_dir()`) / f'{name}-{hash}' over model_cfg, cfg minus progress, key."
+    what = {"model": model_cfg, "train": dataclasses.asdict(cfg) | {"progress": None}, "key": key}
+    return Path(root if root is not None else checkpoints_dir()) / f"{name}-{config_hash(what)}"
+
+def checkpoint_step(path) -> int | None:
+    "The step the checkpoint at `path` was saved at, or None when there is no readable checkpoint."
+    try: return json.loads((Path(path) / _META).read_text()).get("step")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
+
+# %% ../nbs/04_train.ipynb #c030
+def trained(build: Callable[[], torch.nn.Module], data: Callable[[int], object], cfg: TrainConfig, name: str,
+            key: dict | None = None, *, tokenizer=None, meta: dict | None = None, loss_fn: Callable | None = None,
+            eval_data: list | None = None, threads: int | None = 1, device=None, root: Path | None = None
+            ) -> tuple[torch.nn.Module, list[dict]]:
+    """`build()` trained on `data` with `cfg`, or loaded from the cache: (model in eval mode, training history).
+    The folder is `checkpoint_path(name, model.cfg, cfg, key, root)`; a complete checkpoint is loaded, a partial one resumed."""
+    torch.manual_seed(cfg.seed)     # the init of `torch.manual_seed(cfg.seed); model = build()`
+    model = build()
+    out = checkpoint_path(name, getattr(model, "cfg", None), cfg, key, root)
+    with limit_threads(threads):
+        r = train(model, data, cfg, out=out, eval_data=eval_data, tokenizer=tokenizer, device=device, loss_fn=loss_fn,
+                  meta={**(meta or {}), "name": name, "key": key})
+    return model, r["history"]

@@ -4,8 +4,11 @@ import torch
 import torch.nn as nn
 
 from seqlab.archs import (LSTM, CharTokenizer, LSTMConfig, Mamba2, Mamba2Config, Transformer, TransformerConfig,
-                          as_lab_model, build_model, ngram_match, ssd_chunked, ssd_scan, state_stats)
+                          build_model, ngram_match)
 from seqlab.core import BadInput, SeqlabError
+from seqlab.ssd import ssd_chunked, ssd_scan, state_stats
+from seqlab.capture import run_with_cache
+from seqlab.zoo import as_lab_model
 
 
 def _ssd_inputs(b, T, H, P, N, seed=0):
@@ -216,7 +219,7 @@ def test_lab_model_wrapper(family):
     extra = {"Transformer": {"n_heads": 2}, "LSTM": {}, "Mamba2": {"d_head": 8, "d_state": 4, "chunk_size": 4}}
     lm = as_lab_model(build_model(family, {"d_vocab": tok.vocab_size, "d_model": 16, "n_layers": 2, **extra[family]}), tok, f"toy-{family}")
     assert lm.arch.kind == ("attention" if family == "Transformer" else "recurrent") and lm.arch.d_vocab == 10
-    logits, cache = lm.run_with_cache(["ab|cab", "ha|"], names=["blocks.1.hook_resid_post", "hook_embed"])
+    logits, cache = run_with_cache(lm, ["ab|cab", "ha|"], names=["blocks.1.hook_resid_post", "hook_embed"])
     assert logits.shape == (2, 6, 10) and cache["blocks.1.hook_resid_post"].shape == (2, 6, 16)
     assert lm.W_E.shape == (10, 16) and lm.W_U.shape == (16, 10)
     if family == "Transformer":

@@ -7,7 +7,8 @@ import json, os, subprocess, sys, textwrap
 import pytest
 import torch
 
-from seqlab.archs import ngram_match, ssd_chunked
+from seqlab.archs import ngram_match
+from seqlab.ssd import ssd_chunked
 from seqlab.kernels import HAVE_TRITON, chunk_state_pass, chunk_state_pass_reference, ngram_average
 
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (the optional 'kernels' extra)")

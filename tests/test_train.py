@@ -9,8 +9,9 @@ from seqlab.archs import CharTokenizer, build_model
 import torch.nn.functional as F
 
 from seqlab.core import BadInput, CheckpointError, SeqlabError
-from seqlab.train import (TrainConfig, TrainingDiverged, batches_from_tokens, list_checkpoints, lm_loss, load_checkpoint,
-                          load_model, save_checkpoint, train)
+from seqlab.train import (TrainConfig, TrainingDiverged, batches_from_tokens, checkpoint_path, checkpoint_step, list_checkpoints,
+                          lm_loss, load_model, save_checkpoint, train, trained)
+from seqlab.zoo import load_checkpoint
 
 V = 12
 TOK = CharTokenizer("abcdefghijkl")
@@ -40,7 +41,7 @@ def test_each_architecture_learns_and_round_trips(family, tmp_path):
     lm = load_checkpoint(tmp_path / "ck")
     assert lm.meta["spun"] is False and lm.arch.family == m.family
     x = counting(2, seed=2)
-    with torch.no_grad(): assert torch.equal(lm.hooked(x), m(x))
+    with torch.no_grad(): assert torch.equal(lm.forward_tokens(x), m(x))
 
 
 @pytest.mark.parametrize("family", list(CFGS))
@@ -147,11 +148,76 @@ def test_custom_loss_trains_a_non_lab_model(tmp_path):
     evals = [h["eval_loss"] for h in r["history"] if "eval_loss" in h]
     assert len(evals) == 3 and evals[-1] < 0.1 * r["history"][0]["loss"], (r["history"][0], evals)
     assert r["checkpoint"] is None and not m.training
-    # checkpointing needs a lab architecture: refused before any step, with the way out
-    with pytest.raises(BadInput, match="out=None"):
-        train(Regressor(), running_sum, TrainConfig(steps=2, progress=False), out=tmp_path / "r", loss_fn=mse)
-    assert not (tmp_path / "r").exists()
     with pytest.raises(BadInput, match="loss_fn must return a scalar"):
         train(Regressor(), running_sum, TrainConfig(steps=1, progress=False), loss_fn=lambda m, b: m(b["x"]))
     with pytest.raises(TrainingDiverged, match="at step 0"):
         train(Regressor(), running_sum, TrainConfig(steps=1, progress=False), loss_fn=lambda m, b: mse(m, b) * float("nan"))
+
+
+def test_non_lab_model_checkpoints_and_resumes_bitwise(tmp_path):
+    def mse(model, batch): return F.mse_loss(model(batch["x"]), batch["y"])
+    cfg = TrainConfig(steps=8, lr=1e-2, progress=False)
+    torch.manual_seed(0); a = Regressor(); ra = train(a, running_sum, cfg, out=tmp_path / "a", loss_fn=mse, device="cpu")
+    torch.manual_seed(0); b = Regressor(); train(b, running_sum, cfg, out=tmp_path / "b", loss_fn=mse, device="cpu", stop_at=3)
+    c = Regressor()     # another init: everything comes from the checkpoint
+    rc = train(c, running_sum, cfg, out=tmp_path / "b", loss_fn=mse, device="cpu")
+    assert rc["history"] == ra["history"] and all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    rec = json.loads((tmp_path / "a" / "seqlab.json").read_text())
+    assert rec["arch"] is None and rec["module"].endswith("Regressor") and rec["step"] == 8
+    with pytest.raises(CheckpointError, match="not one of the lab's architectures"): load_model(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="not a torch.nn.modules.linear.Linear"):   # another class is refused, not overwritten
+        train(torch.nn.Linear(2, 1), running_sum, cfg, out=tmp_path / "a", loss_fn=mse)
+
+
+def counted(data):
+    "`data`, recording the steps it is asked for."
+    def f(step): f.calls.append(step); return data(step)
+    f.calls = []
+    return f
+
+
+def test_trained_trains_once_then_loads(tmp_path):
+    cfg, key = TrainConfig(steps=6, lr=5e-3, progress=False), {"data": "counting", "version": 1}
+    build = lambda: build_model("Mamba2", CFGS["Mamba2"])
+    data = counted(batches_from_tokens(counting(), 4, seed=3))
+    m1, h1 = trained(build, data, cfg, "toy", key, tokenizer=TOK, root=tmp_path)
+    assert data.calls == list(range(6)) and not m1.training and len(h1) == 6
+    path = checkpoint_path("toy", m1.cfg, cfg, key, tmp_path)
+    assert checkpoint_step(path) == 6 and [p.name for p in tmp_path.iterdir()] == [path.name]
+    m2, h2 = trained(build, data, cfg, "toy", key, tokenizer=TOK, root=tmp_path)
+    assert data.calls == list(range(6)) and h2 == h1      # loaded: no step taken
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+    # bitwise the same as seeding, building and training by hand
+    torch.manual_seed(cfg.seed); m3 = build(); r3 = train(m3, batches_from_tokens(counting(), 4, seed=3), cfg)
+    assert r3["history"] == h1 and all(torch.equal(v, m3.state_dict()[k]) for k, v in m1.state_dict().items())
+    # what changes the weights changes the folder; progress does not
+    trained(build, data, TrainConfig(steps=6, lr=5e-3, progress=True), "toy", key, root=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+    trained(build, data, cfg, "toy", {**key, "version": 2}, root=tmp_path)
+    trained(lambda: build_model("Mamba2", {**CFGS["Mamba2"], "d_state": 8}), data, cfg, "toy", key, root=tmp_path)
+    trained(build, data, TrainConfig(steps=6, lr=1e-3, progress=False), "toy", key, root=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_trained_resumes_a_partial_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=8, lr=5e-3, progress=False, eval_every=4)
+    build, ev = (lambda: build_model("LSTM", CFGS["LSTM"])), [counting(4, seed=5)]
+    full, hf = trained(build, batches_from_tokens(counting(), 4, seed=1), cfg, "full", eval_data=ev, root=tmp_path)
+    torch.manual_seed(cfg.seed); part = build()
+    train(part, batches_from_tokens(counting(), 4, seed=1), cfg, out=checkpoint_path("part", part.cfg, cfg, None, tmp_path),
+          eval_data=ev, stop_at=3)
+    data = counted(batches_from_tokens(counting(), 4, seed=1))
+    m, h = trained(build, data, cfg, "part", eval_data=ev, root=tmp_path)
+    assert data.calls == list(range(3, 8)) and h == hf
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in full.state_dict().items())
+
+
+def test_trained_takes_a_plain_module(tmp_path):
+    def mse(model, batch): return F.mse_loss(model(batch["x"]), batch["y"])
+    cfg, data = TrainConfig(steps=5, lr=1e-2, progress=False), counted(running_sum)
+    m1, h1 = trained(Regressor, data, cfg, "reg", {"task": "running_sum"}, loss_fn=mse, device="cpu", root=tmp_path)
+    m2, h2 = trained(Regressor, data, cfg, "reg", {"task": "running_sum"}, loss_fn=mse, device="cpu", root=tmp_path)
+    assert data.calls == list(range(5)) and h2 == h1 and isinstance(m2, Regressor)
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+    torch.manual_seed(cfg.seed); m3 = Regressor()
+    assert train(m3, running_sum, cfg, loss_fn=mse, device="cpu")["history"] == h1
