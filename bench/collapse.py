@@ -7,12 +7,11 @@ throughput ratio against the unmitigated stream measured in the same run.
 
 usage: python bench/collapse.py [--tokens 1048576] [--piece 4096] [--threads 1] [--json F]
 """
-import argparse, json, math, time
+import argparse, json, time
 
 import torch
 
-from seqlab.collapse import (CollapseConfig, ForgetMore, Mitigation, StateNorm, StateWindow, _text_tokens,
-                             long_stream_stats, state_norm_thresholds, trained_model)
+from seqlab.collapse import CollapseConfig, long_stream_stats, mitigations_for, trained_model
 
 
 def main():
@@ -27,13 +26,12 @@ def main():
     cfg = CollapseConfig.quick()
     T = cfg.mitigation_train_len
     model = trained_model(cfg, T)
-    mits = {"none": Mitigation(), "forget_more": ForgetMore(cfg.forget_b_scale, math.exp(-1 / (cfg.forget_horizon * T))),
-            "state_norm": StateNorm(state_norm_thresholds(model, _text_tokens(cfg.n_eval, T, cfg.seed + 3), cfg.norm_quantile)),
-            "state_window": StateWindow(round(cfg.window_mult * T / cfg.chunk_size), cfg.chunk_size, cfg.n_layers)}
+    mits = mitigations_for(model, cfg, T)
+    stream_seed = cfg.seed + 5   # a text stream no other part of the study draws (collapse uses offsets 1-3)
     out = {}
     for name in a.mitigations:
         t0 = time.perf_counter()
-        r = long_stream_stats(model, a.tokens, piece_len=a.piece, bucket=a.piece, seed=cfg.seed + 5, mitigation=mits[name])
+        r = long_stream_stats(model, a.tokens, piece_len=a.piece, bucket=a.piece, seed=stream_seed, mitigation=mits[name])
         dt = time.perf_counter() - t0
         st = r["stats"]
         rms_end = {f"L{l}H{h}": float(s["rms"][0, -1, h]) for l, s in st.items() for h in range(s["rms"].shape[-1])}

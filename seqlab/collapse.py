@@ -6,35 +6,31 @@ Docs: https://seqlab.github.io/seqlab/collapse.html.md"""
 
 # %% ../nbs/13_collapse.ipynb #c004
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, math, random, time
+import contextlib, dataclasses, math, random, time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from einops import rearrange, reduce
 from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 from torch import Tensor
 
-from .archs import CharTokenizer, Mamba2, Mamba2Config, ssd_chunked, ssd_scan
-from .core import BadInput, Probe, Result, seed_everything
-from .train import TrainConfig, checkpoints_dir, load_model, train
+from .archs import CharTokenizer, Mamba2, Mamba2Config
+from .ssd import ssd_chunked, ssd_scan, state_stats
+from .core import BadInput, Probe, Result, limit_threads, register_probe, seed_everything
+from .train import STEP_SEED_STRIDE, TrainConfig, trained
 
 # %% auto #0
-__all__ = ['LEXICON', 'ALPHABET', 'PROBES', 'collapse_tokenizer', 'grammar_text', 'passkey_text', 'training_batches',
-           'CollapseConfig', 'mamba_config', 'trained_model', 'chunk_state_stats', 'StatsRecorder', 'loss_by_bucket',
-           'in_length_loss', 'collapse_onset', 'Mitigation', 'ForgetMore', 'normalise_state', 'StateNorm',
-           'StateWindow', 'mitigated', 'measure_stream', 'state_norm_thresholds', 'passkey_accuracy', 'paper_t_forget',
-           'long_stream_stats', 'CollapseResult', 'run']
-
-# %% ../nbs/13_collapse.ipynb #c005
-__all__ = ["LEXICON", "ALPHABET", "collapse_tokenizer", "grammar_text", "passkey_text", "training_batches",
-           "CollapseConfig", "mamba_config", "trained_model", "chunk_state_stats", "StatsRecorder",
-           "loss_by_bucket", "in_length_loss", "collapse_onset", "Mitigation", "ForgetMore", "normalise_state",
-           "StateNorm", "StateWindow", "mitigated", "measure_stream", "state_norm_thresholds", "passkey_accuracy",
-           "paper_t_forget", "long_stream_stats", "CollapseResult", "run", "PROBES"]
+__all__ = ['LEXICON', 'ALPHABET', 'EVAL_SEED', 'PASSKEY_SEED', 'HELD_OUT_SEED', 'TOP_HEADS', 'EXPLODING_GROWTH',
+           'collapse_tokenizer', 'grammar_text', 'passkey_text', 'training_batches', 'check_collapse_config',
+           'CollapseConfig', 'mamba_config', 'trained_model', 'StatsRecorder', 'loss_by_bucket', 'in_length_loss',
+           'collapse_onset', 'Mitigation', 'ForgetMore', 'normalise_state', 'StateNorm', 'StateWindow', 'mitigated',
+           'measure_stream', 'state_norm_thresholds', 'passkey_accuracy', 'paper_t_forget', 'long_stream_stats',
+           'CollapseResult', 'text_tokens', 'eval_streams', 'loss_at_16x', 'loss_summary', 'top_heads',
+           'state_rms_curves', 'head_statistics', 'long_memory_heads', 'describe_model', 'passkey_depths',
+           'passkey_grid', 'passkey_table', 'window_chunks', 'mitigations_for', 'compare_mitigations', 'capacity_sweep',
+           'run']
 
 # %% ../nbs/13_collapse.ipynb #c007
 LEXICON = {   # written for seqlab; plurals are regular (noun + "s", verb without "s")
@@ -97,28 +93,54 @@ def training_batches(train_len: int, batch_size: int, passkey_frac: float, key_l
     "The data function `train` calls: step -> {'tokens': [batch, train_len]}, text rows and passkey rows mixed, seeded per step."
     tok = collapse_tokenizer()
     def data(step: int) -> dict:
-        rng = random.Random(seed * 1_000_003 + step)
+        rng = random.Random(seed * STEP_SEED_STRIDE + step)
         rows = [passkey_text(train_len, rng.random(), _key(rng, key_len), rng) if rng.random() < passkey_frac
                 else grammar_text(train_len, rng) for _ in range(batch_size)]
         return {"tokens": torch.tensor([tok.encode(r) for r in rows])}
     return data
 
+# %% ../nbs/13_collapse.ipynb #c065
+def check_collapse_config(cfg) -> None:
+    "Refuse, with a BadInput saying what to change, a CollapseConfig the study cannot run."
+    m, chunk = cfg.model, cfg.model.chunk_size
+    if m.d_vocab != len(ALPHABET): raise BadInput(f"model.d_vocab must be {len(ALPHABET)} (the study's alphabet), got {m.d_vocab}.")
+    if not 0 < m.A_init_range[0] <= m.A_init_range[1]:
+        raise BadInput(f"model.A_init_range must be (low, high) with 0 < low <= high, got {m.A_init_range}.")
+    if not 0 < m.dt_min <= m.dt_max: raise BadInput(f"Need 0 < model.dt_min <= model.dt_max, got {m.dt_min}, {m.dt_max}.")
+    if not cfg.train_lens: raise BadInput("train_lens is empty; give at least one training length.")
+    for T in cfg.train_lens + (cfg.capacity_train_len, cfg.mitigation_train_len):
+        if T < 2 * chunk or T % chunk:
+            raise BadInput(f"Training length {T} must be a multiple of model.chunk_size {chunk} and at least two chunks.")
+    need = len("the passkey is . what is the passkey? ") + 2 * cfg.key_len
+    if min(cfg.train_lens + (cfg.capacity_train_len,)) < need:
+        raise BadInput(f"A training length of {min(cfg.train_lens)} cannot hold a passkey example with a {cfg.key_len}-digit key "
+                       f"(it needs {need}); use longer training lengths or a shorter key.")
+    if cfg.mitigation_train_len not in cfg.train_lens:
+        raise BadInput(f"mitigation_train_len {cfg.mitigation_train_len} is not one of train_lens {cfg.train_lens}.")
+    if cfg.eval_mult < 16: raise BadInput(f"eval_mult must be >= 16 (the loss ratio is read at 16 T), got {cfg.eval_mult}.")
+    if cfg.piece_len % chunk: raise BadInput(f"piece_len {cfg.piece_len} is not a multiple of model.chunk_size {chunk}.")
+    if not 0 < cfg.norm_quantile <= 1: raise BadInput(f"norm_quantile must lie in (0, 1], got {cfg.norm_quantile}.")
+    if cfg.window_mult * min(cfg.train_lens) < chunk: raise BadInput("window_mult * T must cover at least one chunk.")
+
 # %% ../nbs/13_collapse.ipynb #c013
+def _study_model() -> Mamba2Config:
+    return Mamba2Config(d_vocab=len(ALPHABET), d_model=32, n_layers=2, d_state=16, d_head=16,
+                        chunk_size=32,            # SSD chunk; state statistics are taken at chunk ends
+                        A_init_range=(1.0, 16.0), # -A per head at init (the Mamba-2 reference); (0.01, 0.1) starts every
+                                                  # head with a long memory, the comparison regime in Results
+                        dt_min=1e-3, dt_max=0.1)  # the reference's initial dt range
+
+def _study_training() -> TrainConfig:
+    # the passkey is learned (and long-memory heads appear) only after ~3000 steps
+    return TrainConfig(steps=3000, lr=3e-3, warmup_frac=0.1, eval_every=0)
+
 @dataclasses.dataclass
 class CollapseConfig:
+    model: Mamba2Config = dataclasses.field(default_factory=_study_model)   # every model of the study (d_state varies
+                                                                            # in the capacity sweep)
+    train: TrainConfig = dataclasses.field(default_factory=_study_training) # its seed is `seed` (set below)
     train_lens: tuple = (64, 128, 256)     # training lengths T (characters)
-    d_model: int = 32
-    n_layers: int = 2
-    d_head: int = 16
-    d_state: int = 16
-    chunk_size: int = 32                   # SSD chunk; state statistics are taken at chunk ends
-    steps: int = 3000                      # the passkey is learned (and long-memory heads appear) only after ~3000
     batch_size: int = 16
-    lr: float = 3e-3
-    A_init_range: tuple = (1.0, 16.0)      # -A per head at init (the Mamba-2 reference); (0.01, 0.1) starts every head
-                                           # with a long memory, the comparison regime in Results
-    dt_min: float = 1e-3                   # Mamba2Config's initial dt range (the reference default)
-    dt_max: float = 0.1
     passkey_frac: float = 0.9              # share of training rows that are passkey examples: retrieval must pay
     key_len: int = 1                       # a 1-digit key (chance 0.1) is learned in 3000 steps; 2 digits are not
     eval_mult: int = 32                    # loss is measured out to eval_mult * T (>= 16)
@@ -135,32 +157,17 @@ class CollapseConfig:
     norm_quantile: float = 0.99            # StateNorm: tau_h = this quantile of ||h||_F within T on held-out text
     window_mult: float = 1.0               # StateWindow: r = window_mult * T (rounded to chunks)
     repeated_sentence: str = "the old king sees a red boat. "   # the repeated-sentence prompt
-    piece_len: int = 1024                  # streaming piece (a multiple of chunk_size)
+    piece_len: int = 1024                  # streaming piece (a multiple of model.chunk_size)
     n_threads: int = 1                     # torch threads during run (0: leave as is); 1 is fastest on a shared 2-core box
-    progress: bool = True
-    seed: int = 0
+    seed: int = 0                          # one seed for the study: model init and training data, evaluation texts
 
     def __post_init__(self):
+        if isinstance(self.model, dict): self.model = Mamba2Config(**self.model)   # from a stored result's config
+        if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
+        self.train = dataclasses.replace(self.train, seed=self.seed)             # a copy: configs may share a TrainConfig
         self.train_lens, self.passkey_mults, self.capacity_d_states = (tuple(int(x) for x in v) for v in
             (self.train_lens, self.passkey_mults, self.capacity_d_states))
-        self.A_init_range = tuple(float(x) for x in self.A_init_range)
-        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
-            raise BadInput(f"A_init_range must be (low, high) with 0 < low <= high, got {self.A_init_range}.")
-        if not 0 < self.dt_min <= self.dt_max: raise BadInput(f"Need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}.")
-        if not self.train_lens: raise BadInput("train_lens is empty; give at least one training length.")
-        for T in self.train_lens + (self.capacity_train_len, self.mitigation_train_len):
-            if T < 2 * self.chunk_size or T % self.chunk_size:
-                raise BadInput(f"Training length {T} must be a multiple of chunk_size {self.chunk_size} and at least two chunks.")
-        need = len("the passkey is . what is the passkey? ") + 2 * self.key_len
-        if min(self.train_lens + (self.capacity_train_len,)) < need:
-            raise BadInput(f"A training length of {min(self.train_lens)} cannot hold a passkey example with a {self.key_len}-digit key "
-                           f"(it needs {need}); use longer training lengths or a shorter key.")
-        if self.mitigation_train_len not in self.train_lens:
-            raise BadInput(f"mitigation_train_len {self.mitigation_train_len} is not one of train_lens {self.train_lens}.")
-        if self.eval_mult < 16: raise BadInput(f"eval_mult must be >= 16 (the loss ratio is read at 16 T), got {self.eval_mult}.")
-        if self.piece_len % self.chunk_size: raise BadInput(f"piece_len {self.piece_len} is not a multiple of chunk_size {self.chunk_size}.")
-        if not 0 < self.norm_quantile <= 1: raise BadInput(f"norm_quantile must lie in (0, 1], got {self.norm_quantile}.")
-        if self.window_mult * min(self.train_lens) < self.chunk_size: raise BadInput("window_mult * T must cover at least one chunk.")
+        check_collapse_config(self)
 
     @classmethod
     def quick(cls) -> "CollapseConfig":
@@ -169,45 +176,31 @@ class CollapseConfig:
 
 def mamba_config(cfg: CollapseConfig, d_state: int | None = None) -> Mamba2Config:
     "The Mamba-2 config of the study (with another state size for the capacity sweep)."
-    return Mamba2Config(d_vocab=len(ALPHABET), d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=d_state or cfg.d_state,
-                        d_head=cfg.d_head, chunk_size=cfg.chunk_size, A_init_range=cfg.A_init_range,
-                        dt_min=cfg.dt_min, dt_max=cfg.dt_max)
+    return cfg.model if d_state is None else dataclasses.replace(cfg.model, d_state=d_state)
 
 # %% ../nbs/13_collapse.ipynb #c014
 _DATA_VERSION = 1   # bump when grammar_text or passkey_text change: cached models were trained on the old text
 
 def trained_model(cfg: CollapseConfig, train_len: int, d_state: int | None = None, root: Path | None = None) -> Mamba2:
-    "The model trained at `train_len` (and `d_state`): loaded from the cache, or trained and cached."
+    "The model trained at `train_len` (and `d_state`): loaded from the cache, or trained and cached (`seqlab.train.trained`)."
     mcfg = mamba_config(cfg, d_state)
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.1, eval_every=0, seed=cfg.seed, progress=cfg.progress)
-    key = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg) | {"progress": None}, "train_len": train_len,
-           "batch_size": cfg.batch_size, "passkey_frac": cfg.passkey_frac, "key_len": cfg.key_len, "data": _DATA_VERSION}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = Path(root or checkpoints_dir()) / f"collapse-T{train_len}-N{mcfg.d_state}-{digest}"
-    if (path / "seqlab.json").exists() and json.loads((path / "seqlab.json").read_text()).get("step") == cfg.steps:
-        return load_model(path, arch="Mamba2", config=mcfg)[0]
-    torch.manual_seed(cfg.seed)   # the same init for every run of this config
-    model = Mamba2(mcfg)
-    train(model, training_batches(train_len, cfg.batch_size, cfg.passkey_frac, cfg.key_len, cfg.seed), tcfg, out=path,
-          tokenizer=collapse_tokenizer(), meta={"probe": "collapse", "train_len": train_len, "key": key})
-    return model.eval()
+    data_key = {"train_len": train_len, "batch_size": cfg.batch_size, "passkey_frac": cfg.passkey_frac,
+                "key_len": cfg.key_len, "data": _DATA_VERSION}
+    model, _ = trained(lambda: Mamba2(mcfg), training_batches(train_len, cfg.batch_size, cfg.passkey_frac, cfg.key_len, cfg.seed),
+                       cfg.train, f"collapse-T{train_len}-N{mcfg.d_state}", data_key, tokenizer=collapse_tokenizer(),
+                       meta={"probe": "collapse", **data_key}, threads=cfg.n_threads, root=root)
+    return model
 
 # %% ../nbs/13_collapse.ipynb #c016
-def chunk_state_stats(states: Float[Tensor, "batch chunk head p n"]) -> dict[str, Tensor]:
-    "Per chunk and head: mean, var, rms, max_abs [batch, chunk, head] and channel_rms [batch, chunk, head, p]."
-    s = states.float()
-    return {"mean": s.mean((-1, -2)), "var": s.var((-1, -2), unbiased=False), "rms": s.pow(2).mean((-1, -2)).sqrt(),
-            "max_abs": s.abs().amax((-1, -2)), "channel_rms": s.pow(2).mean(-1).sqrt()}
-
 class StatsRecorder:
-    "Hooks that keep `chunk_state_stats` of every chunk-end state and the per-chunk sum of log alpha, per layer."
+    "Hooks that keep `archs.state_stats` of every chunk-end state and the per-chunk sum of log alpha, per layer."
     def __init__(self, model: Mamba2):
         self.model, self.n_layers, self.chunk = model, model.cfg.n_layers, model.cfg.chunk_size
         self.parts = {l: {} for l in range(self.n_layers)}
 
     def hooks(self) -> list:
         def on_state(ends, hook, l):
-            for k, v in chunk_state_stats(ends.detach()).items(): self.parts[l].setdefault(k, []).append(v.cpu())
+            for k, v in state_stats(ends.detach()).items(): self.parts[l].setdefault(k, []).append(v.cpu())
         def on_decay(logA, hook, l):   # [batch, pos, head]; padded like the SSD pass pads (logA 0 = no decay)
             pad = (-logA.shape[1]) % self.chunk
             a = torch.nn.functional.pad(logA.detach().float(), (0, 0, 0, pad))
@@ -388,6 +381,7 @@ def long_stream_stats(model: Mamba2, n_tokens: int, piece_len: int = 4096, bucke
 
 # %% ../nbs/13_collapse.ipynb #c032
 class CollapseResult(Result):
+    "The collapse probe's metrics; its figure is `seqlab.viz.figure(res)`."
     def summary(self) -> list[list]:
         m = self.metrics
         rows = [[f"T={T}: in-length loss / loss at 16T", f"{m['in_length_loss'][T]:.3f} / {m['loss_at_16x'][T]:.3f}"] for T in m["loss_at_16x"]]
@@ -397,161 +391,188 @@ class CollapseResult(Result):
         rows += [[f"capacity S={S}", v if v is not None else "no onset"] for S, v in m["capacity"].items()]
         return rows
 
-    def figure(self):
-        m = self.metrics
-        fig = make_subplots(2, 2, subplot_titles=("loss vs position (text; dashed: repeated character)",
-                                                  f"state RMS per chunk, top heads (T={m['mitigation_train_len']})",
-                                                  f"passkey accuracy (T={m['mitigation_train_len']})",
-                                                  f"mitigations (T={m['mitigation_train_len']})"),
-                            vertical_spacing=0.14, horizontal_spacing=0.1)
-        for T, pts in m["loss_vs_position"].items():
-            p = np.array(pts)
-            fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], name=f"T={T}", mode="lines"), 1, 1)
-            d = np.array(m["degenerate"][T]["loss_vs_position"])
-            fig.add_trace(go.Scatter(x=d[:, 0], y=d[:, 1], name=f"T={T} repeated", mode="lines", line=dict(dash="dash")), 1, 1)
-        sr = m["state_rms"][str(m["mitigation_train_len"])]
-        for head, vals in sr["heads"].items():
-            fig.add_trace(go.Scatter(x=sr["chunk_end"], y=vals, name=head, mode="lines"), 1, 2)
-        pk = m["passkey"][str(m["mitigation_train_len"])]
-        fig.add_trace(go.Heatmap(z=pk["accuracy"], x=[str(x) for x in pk["lengths"]], y=[f"{d:.2f}" for d in pk["depths"]],
-                                 zmin=0, zmax=1, colorscale="Viridis", showscale=False,
-                                 hovertemplate="length %{x} depth %{y}: %{z:.2f}<extra></extra>"), 2, 1)
-        for name, v in m["mitigation_curves"].items():
-            p = np.array(v)
-            fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], name=name, mode="lines"), 2, 2)
-        fig.update_xaxes(type="log", title_text="position", row=1, col=1); fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
-        fig.update_xaxes(type="log", title_text="position", row=1, col=2); fig.update_yaxes(type="log", row=1, col=2)
-        fig.update_xaxes(title_text="context length", row=2, col=1); fig.update_yaxes(title_text="needle depth", row=2, col=1)
-        fig.update_xaxes(type="log", title_text="position", row=2, col=2); fig.update_yaxes(title_text="loss (nats)", row=2, col=2)
-        fig.update_layout(height=850, title=f"State collapse in the lab's Mamba-2 models (S = {m['state_size']} elements)")
-        return fig
+# %% ../nbs/13_collapse.ipynb #c043
+# offsets from `seed` for each kind of generated text, so no two draw the same rows (training data uses `seed` itself)
+EVAL_SEED, PASSKEY_SEED, HELD_OUT_SEED = 1, 2, 3
 
-# %% ../nbs/13_collapse.ipynb #c033
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    if n: torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(old)
-
-def _text_tokens(n: int, length: int, seed: int) -> Tensor:
+def text_tokens(n: int, length: int, seed: int) -> Int[Tensor, "n length"]:
+    "`n` rows of `length` characters of generated text, as tokens."
     tok, rng = collapse_tokenizer(), random.Random(seed)
     return torch.tensor([tok.encode(grammar_text(length, rng)) for _ in range(n)])
 
-def _top_heads(stats: dict, k: int = 4) -> list[tuple[int, int]]:
+def eval_streams(cfg: CollapseConfig, T: int) -> dict[str, Int[Tensor, "batch pos"]]:
+    "The three inputs a model trained at T is read on, each eval_mult * T + 1 tokens: text, one character, one sentence."
+    L = cfg.eval_mult * T + 1          # + 1: L targets, so the last bucket is full
+    tok = collapse_tokenizer()
+    sent = tok.encode(cfg.repeated_sentence)
+    return {"text": text_tokens(cfg.n_eval, L, cfg.seed + EVAL_SEED),
+            "degenerate": torch.full((1, L), tok.encode(" ")[0]),   # one character repeated, like the paper's newlines
+            "repeated_sentence": torch.tensor([(sent * (L // len(sent) + 1))[:L]])}   # the paper's repeated sentence
+
+# %% ../nbs/13_collapse.ipynb #c045
+def loss_at_16x(nll: Float[Tensor, "batch pos"], train_len: int) -> float:
+    "Mean loss at positions [15T, 16T): the paper's read-out length."
+    return float(nll[:, 15 * train_len:16 * train_len].mean())
+
+def loss_summary(nll: Float[Tensor, "batch pos"], train_len: int, margin: float) -> dict:
+    "Loss per bucket of T/2, the in-length loss, the collapse onset and the loss at 16T of one stream."
+    buckets, lin = loss_by_bucket(nll, train_len // 2), in_length_loss(nll, train_len)
+    return {"loss_vs_position": buckets, "in_length_loss": lin, "onset": collapse_onset(buckets, train_len, lin, margin),
+            "loss_at_16x": loss_at_16x(nll, train_len)}
+
+# %% ../nbs/13_collapse.ipynb #c047
+TOP_HEADS = 4          # heads whose state RMS the result keeps per chunk (the figure's curves)
+EXPLODING_GROWTH = 4   # a channel "explodes" when its RMS grows more than this from T to the end of the stream
+
+def top_heads(stats: dict, k: int = TOP_HEADS) -> list[tuple[int, int]]:
     "The (layer, head) pairs with the largest final-chunk state RMS."
     final = [(float(s["rms"][:, -1].mean(0)[h]), l, h) for l, s in stats.items() for h in range(s["rms"].shape[-1])]
     return [(l, h) for _, l, h in sorted(final, reverse=True)[:k]]
 
-def _describe(model: Mamba2, cfg: CollapseConfig, T: int, seed: int) -> dict:
-    "Loss curves, onset, state statistics and decay for the model trained at T."
-    L = cfg.eval_mult * T + 1          # + 1: L targets, so the last bucket is full
-    text = measure_stream(model, _text_tokens(cfg.n_eval, L, seed), cfg.piece_len)
-    rep = collapse_tokenizer().encode(" ")[0]
-    degen = measure_stream(model, torch.full((1, L), rep), cfg.piece_len, stats=True)
-    # the paper's second degenerate prompt: one short in-distribution sentence repeated
-    sent = collapse_tokenizer().encode(cfg.repeated_sentence)
-    repeated = measure_stream(model, torch.tensor([(sent * (L // len(sent) + 1))[:L]]), cfg.piece_len, stats=False)
+def state_rms_curves(stats: dict, chunk_size: int) -> dict:
+    "Per chunk end, the state RMS of the `top_heads` (mean over sequences)."
+    chunk_end = [(c + 1) * chunk_size for c in range(stats[0]["rms"].shape[1])]
+    return {"chunk_end": chunk_end,
+            "heads": {f"L{l}H{h}": stats[l]["rms"][:, :, h].mean(0).tolist() for l, h in top_heads(stats)}}
+
+# %% ../nbs/13_collapse.ipynb #c049
+def head_statistics(stats: dict, degenerate_stats: dict, train_len: int, chunk_size: int) -> dict[str, dict]:
+    "Per head: memory horizon, cumulative decay, state RMS / mean / var / max|h| at T and at the end, exploding channels."
+    c_T = train_len // chunk_size - 1                    # the chunk that ends at T
     out = {}
-    for key, r in (("text", text), ("degenerate", degen), ("repeated_sentence", repeated)):
-        buckets = loss_by_bucket(r["nll"], T // 2)
-        lin = in_length_loss(r["nll"], T)
-        out[key] = {"loss_vs_position": buckets, "in_length_loss": lin,
-                    "onset": collapse_onset(buckets, T, lin, cfg.onset_margin),
-                    "loss_at_16x": float(r["nll"][:, 15 * T:16 * T].mean())}
-    st, cs = text["stats"], cfg.chunk_size
-    chunk_end = [(c + 1) * cs for c in range(st[0]["rms"].shape[1])]
-    heads = _top_heads(st)
-    out["state_rms"] = {"chunk_end": chunk_end, "heads": {f"L{l}H{h}": st[l]["rms"][:, :, h].mean(0).tolist() for l, h in heads}}
-    c_T, c_end = T // cs - 1, len(chunk_end) - 1
-    per_head = {}
-    for l, s in st.items():
-        mean_log_alpha = s["log_decay"][:, :c_T + 1].sum(1).mean(0) / T          # per head, within T
+    for l, s in stats.items():
+        c_end = s["rms"].shape[1] - 1
+        mean_log_alpha = s["log_decay"][:, :c_T + 1].sum(1).mean(0) / train_len   # per head, within T
         cum = s["log_decay"].cumsum(1).mean(0)                                   # log of the cumulative product of alpha
         for h in range(s["rms"].shape[-1]):
             ch_T, ch_end = s["channel_rms"][:, c_T, h].mean(0), s["channel_rms"][:, c_end, h].mean(0)
             growth = ch_end / ch_T.clamp(min=1e-12)
-            per_head[f"L{l}H{h}"] = {
+            out[f"L{l}H{h}"] = {
                 "memory_horizon": float(-1 / mean_log_alpha[h]) if mean_log_alpha[h] < 0 else None,
                 "log_cum_decay_at_T": float(cum[c_T, h]), "log_cum_decay_at_end": float(cum[c_end, h]),
                 "rms_at_T": float(s["rms"][:, c_T, h].mean()), "rms_at_end": float(s["rms"][:, c_end, h].mean()),
                 "mean_at_end": float(s["mean"][:, c_end, h].mean()), "var_at_end": float(s["var"][:, c_end, h].mean()),
                 "max_abs_at_T": float(s["max_abs"][:, c_T, h].max()), "max_abs_at_end": float(s["max_abs"][:, c_end, h].max()),
-                "exploding_channels": [int(p) for p in torch.nonzero(growth > 4).flatten()],   # channel RMS grew > 4x past T
-                "degenerate_rms_at_end": float(degen["stats"][l]["rms"][0, -1, h])}
-    out["heads"] = per_head
-    out["long_memory_heads"] = [k for k, v in per_head.items() if v["memory_horizon"] is None or v["memory_horizon"] > T]
+                "exploding_channels": [int(p) for p in torch.nonzero(growth > EXPLODING_GROWTH).flatten()],
+                "degenerate_rms_at_end": float(degenerate_stats[l]["rms"][0, -1, h])}
     return out
+
+def long_memory_heads(heads: dict[str, dict], train_len: int) -> list[str]:
+    "Heads that remember longer than T (or never forget): the paper's candidates for collapse."
+    return [k for k, v in heads.items() if v["memory_horizon"] is None or v["memory_horizon"] > train_len]
+
+# %% ../nbs/13_collapse.ipynb #c051
+def describe_model(model: Mamba2, cfg: CollapseConfig, T: int) -> dict:
+    "Loss curves and onset on the three `eval_streams`, state statistics and decay for the model trained at T."
+    streams = eval_streams(cfg, T)
+    runs = {"text": measure_stream(model, streams["text"], cfg.piece_len),
+            "degenerate": measure_stream(model, streams["degenerate"], cfg.piece_len, stats=True),
+            "repeated_sentence": measure_stream(model, streams["repeated_sentence"], cfg.piece_len, stats=False)}
+    out = {key: loss_summary(r["nll"], T, cfg.onset_margin) for key, r in runs.items()}
+    out["state_rms"] = state_rms_curves(runs["text"]["stats"], cfg.model.chunk_size)
+    out["heads"] = head_statistics(runs["text"]["stats"], runs["degenerate"]["stats"], T, cfg.model.chunk_size)
+    out["long_memory_heads"] = long_memory_heads(out["heads"], T)
+    return out
+
+# %% ../nbs/13_collapse.ipynb #c054
+def passkey_depths(cfg: CollapseConfig) -> list[float]:
+    "Needle depths at the centres of `passkey_depths` equal slices of the filler."
+    return [(i + 0.5) / cfg.passkey_depths for i in range(cfg.passkey_depths)]
+
+def passkey_grid(model: Mamba2, cfg: CollapseConfig, T: int, mitigation: Mitigation | None = None) -> list[list[float]]:
+    "Passkey accuracy [length, depth] at the lengths `passkey_mults` x T."
+    return [passkey_accuracy(model, mult * T, passkey_depths(cfg), cfg.passkey_samples, cfg.key_len, cfg.seed + PASSKEY_SEED,
+                             cfg.piece_len, mitigation) for mult in cfg.passkey_mults]
+
+def passkey_table(model: Mamba2, cfg: CollapseConfig, T: int) -> dict:
+    "The unmitigated `passkey_grid` as the result stores it: lengths, depths, accuracy [depth, length]."
+    acc = passkey_grid(model, cfg, T)
+    return {"lengths": [mult * T for mult in cfg.passkey_mults], "depths": passkey_depths(cfg),
+            "accuracy": rearrange(torch.tensor(acc), "n d -> d n").tolist()}
+
+# %% ../nbs/13_collapse.ipynb #c056
+def window_chunks(cfg: CollapseConfig, T: int) -> int:
+    "The exact window's length r = window_mult * T, in whole chunks (at least one)."
+    return max(1, round(cfg.window_mult * T / cfg.model.chunk_size))
+
+def mitigations_for(model: Mamba2, cfg: CollapseConfig, T: int) -> dict[str, Mitigation]:
+    "The baseline and the three mitigations, set for the model trained at T (state-norm thresholds from held-out text)."
+    held_out = text_tokens(cfg.n_eval, T, cfg.seed + HELD_OUT_SEED)
+    return {"none": Mitigation(),
+            "forget_more": ForgetMore(cfg.forget_b_scale, math.exp(-1 / (cfg.forget_horizon * T))),
+            "state_norm": StateNorm(state_norm_thresholds(model, held_out, cfg.norm_quantile)),
+            "state_window": StateWindow(window_chunks(cfg, T), cfg.model.chunk_size, cfg.model.n_layers)}
+
+# %% ../nbs/13_collapse.ipynb #c058
+def compare_mitigations(model: Mamba2, cfg: CollapseConfig, T: int, base_in_length: float) -> tuple[dict, dict]:
+    """Each of `mitigations_for` on the text stream and the passkey grid: (per mitigation: loss ratio at 16T against the
+    unmitigated in-length loss `base_in_length`, losses, passkey accuracy, throughput against none; loss curves)."""
+    eval_toks = text_tokens(cfg.n_eval, cfg.eval_mult * T + 1, cfg.seed + EVAL_SEED)
+    mitigations, curves, seconds = {}, {}, {}
+    for name, mit in mitigations_for(model, cfg, T).items():
+        t1 = time.perf_counter()
+        nll = measure_stream(model, eval_toks, cfg.piece_len, mit, stats=False)["nll"]
+        seconds[name] = time.perf_counter() - t1
+        pk = passkey_grid(model, cfg, T, mit)
+        curves[name] = loss_by_bucket(nll, T // 2)
+        mitigations[name] = {"loss_ratio_at_16x": loss_at_16x(nll, T) / base_in_length,
+                             "in_length_loss": in_length_loss(nll, T), "loss_at_16x": loss_at_16x(nll, T),
+                             "passkey_accuracy": float(np.mean(pk)), "passkey_by_length": [float(np.mean(a)) for a in pk]}
+    for name in mitigations: mitigations[name]["throughput_ratio"] = seconds["none"] / seconds[name]
+    mitigations["state_window"]["window_tokens"] = window_chunks(cfg, T) * cfg.model.chunk_size
+    return mitigations, curves
+
+# %% ../nbs/13_collapse.ipynb #c060
+def capacity_sweep(cfg: CollapseConfig, models: dict[int, Mamba2], described: dict[int, dict]) -> tuple[dict, dict]:
+    """Collapse onset against state size S at `capacity_train_len`, one model per `capacity_d_states` (the study's own
+    models and descriptions are reused where they match): ({S: onset}, {S: details and the paper's fitted T_forget})."""
+    Tc, capacity, detail = cfg.capacity_train_len, {}, {}
+    for n in cfg.capacity_d_states:
+        same = n == cfg.model.d_state and Tc in models
+        d = described[Tc] if same and Tc in described else describe_model(models[Tc] if same else trained_model(cfg, Tc, n), cfg, Tc)
+        S = mamba_config(cfg, n).state_size
+        capacity[S] = d["text"]["onset"]
+        detail[S] = {"d_state": n, "onset": d["text"]["onset"], "degenerate_onset": d["degenerate"]["onset"],
+                     "in_length_loss": d["text"]["in_length_loss"], "loss_at_16x": d["text"]["loss_at_16x"],
+                     "paper_fit_t_forget": paper_t_forget(S)}
+    return capacity, detail
+
+# %% ../nbs/13_collapse.ipynb #c063
+def _own_models_only(model) -> None:
+    if model is not None:
+        raise BadInput(f"The collapse probe trains and studies its own Mamba-2 models (needs='own') and takes model=None, "
+                       f"got {getattr(model, 'name', type(model).__name__)!r}: a given model has no training length to "
+                       f"measure collapse against. Choose the models it trains with CollapseConfig.model and train_lens.")
 
 def run(model=None, cfg: CollapseConfig | None = None) -> CollapseResult:
     """Train (or load from the cache) the study's Mamba-2 models and measure collapse, passkey retrieval, the three
-    mitigations and capacity. `model` is ignored: the probe studies its own recurrent models (needs='own')."""
+    mitigations and capacity. Takes no model (needs='own'): a given one is refused with a SeqlabError."""
+    _own_models_only(model)
     cfg = cfg or CollapseConfig()
-    t0 = time.time()
-    with _threads(cfg.n_threads):
+    with limit_threads(cfg.n_threads):
         seed_everything(cfg.seed)
         models = {T: trained_model(cfg, T) for T in cfg.train_lens}
-        desc = {T: _describe(models[T], cfg, T, cfg.seed + 1) for T in cfg.train_lens}
-        depths = [(i + 0.5) / cfg.passkey_depths for i in range(cfg.passkey_depths)]
-        passkey = {}
-        for T, mdl in models.items():
-            lengths = [mult * T for mult in cfg.passkey_mults]
-            acc = [passkey_accuracy(mdl, n, depths, cfg.passkey_samples, cfg.key_len, cfg.seed + 2, cfg.piece_len) for n in lengths]
-            passkey[T] = {"lengths": lengths, "depths": depths, "accuracy": rearrange(torch.tensor(acc), "n d -> d n").tolist()}
-
-        # mitigations, on one model
-        T = cfg.mitigation_train_len
-        mdl = models[T]
-        held_out = _text_tokens(cfg.n_eval, T, cfg.seed + 3)
-        k = max(1, round(cfg.window_mult * T / cfg.chunk_size))
-        mits = {"none": Mitigation(),
-                "forget_more": ForgetMore(cfg.forget_b_scale, math.exp(-1 / (cfg.forget_horizon * T))),
-                "state_norm": StateNorm(state_norm_thresholds(mdl, held_out, cfg.norm_quantile)),
-                "state_window": StateWindow(k, cfg.chunk_size, cfg.n_layers)}
-        eval_toks = _text_tokens(cfg.n_eval, cfg.eval_mult * T + 1, cfg.seed + 1)
-        base_in = desc[T]["text"]["in_length_loss"]
-        mitigations, curves, times = {}, {}, {}
-        for name, mit in mits.items():
-            t1 = time.perf_counter()
-            r = measure_stream(mdl, eval_toks, cfg.piece_len, mit, stats=False)
-            times[name] = time.perf_counter() - t1
-            pk = [passkey_accuracy(mdl, mult * T, depths, cfg.passkey_samples, cfg.key_len, cfg.seed + 2, cfg.piece_len, mit)
-                  for mult in cfg.passkey_mults]
-            curves[name] = loss_by_bucket(r["nll"], T // 2)
-            mitigations[name] = {"loss_ratio_at_16x": float(r["nll"][:, 15 * T:16 * T].mean()) / base_in,
-                                 "in_length_loss": in_length_loss(r["nll"], T),
-                                 "loss_at_16x": float(r["nll"][:, 15 * T:16 * T].mean()),
-                                 "passkey_accuracy": float(np.mean(pk)), "passkey_by_length": [float(np.mean(a)) for a in pk]}
-        for name in mits: mitigations[name]["throughput_ratio"] = times["none"] / times[name]
-        mitigations["state_window"]["window_tokens"] = k * cfg.chunk_size
-
-        # capacity: onset against state size at one training length
-        Tc, capacity, capacity_detail = cfg.capacity_train_len, {}, {}
-        for n in cfg.capacity_d_states:
-            mc = models[Tc] if (n == cfg.d_state and Tc in models) else trained_model(cfg, Tc, n)
-            d = desc[Tc] if (n == cfg.d_state and Tc in desc) else _describe(mc, cfg, Tc, cfg.seed + 1)
-            S = mamba_config(cfg, n).state_size
-            capacity[S] = d["text"]["onset"]
-            capacity_detail[S] = {"d_state": n, "onset": d["text"]["onset"], "degenerate_onset": d["degenerate"]["onset"],
-                                  "in_length_loss": d["text"]["in_length_loss"], "loss_at_16x": d["text"]["loss_at_16x"],
-                                  "paper_fit_t_forget": paper_t_forget(S)}
+        desc = {T: describe_model(models[T], cfg, T) for T in cfg.train_lens}
+        passkey = {T: passkey_table(mdl, cfg, T) for T, mdl in models.items()}
+        Tm = cfg.mitigation_train_len
+        mitigations, curves = compare_mitigations(models[Tm], cfg, Tm, desc[Tm]["text"]["in_length_loss"])
+        capacity, capacity_detail = capacity_sweep(cfg, models, desc)
+    per_T = lambda f: {T: f(d) for T, d in desc.items()}
     metrics = {
-        "train_lengths": list(cfg.train_lens), "eval_mult": cfg.eval_mult, "state_size": mamba_config(cfg).state_size,
-        "loss_vs_position": {T: d["text"]["loss_vs_position"] for T, d in desc.items()},
-        "collapse_onset": {T: d["text"]["onset"] for T, d in desc.items()},
-        "in_length_loss": {T: d["text"]["in_length_loss"] for T, d in desc.items()},
-        "loss_at_16x": {T: d["text"]["loss_at_16x"] for T, d in desc.items()},
-        "degenerate": {T: d["degenerate"] for T, d in desc.items()},
-        "repeated_sentence": {T: d["repeated_sentence"] for T, d in desc.items()},
-        "state_rms": {T: d["state_rms"] for T, d in desc.items()},
-        "heads": {T: d["heads"] for T, d in desc.items()},
-        "long_memory_heads": {T: d["long_memory_heads"] for T, d in desc.items()},
-        "passkey": passkey, "mitigation_train_len": cfg.mitigation_train_len,
-        "mitigations": mitigations, "mitigation_curves": curves,
+        "train_lengths": list(cfg.train_lens), "eval_mult": cfg.eval_mult, "state_size": cfg.model.state_size,
+        "loss_vs_position": per_T(lambda d: d["text"]["loss_vs_position"]),
+        "collapse_onset": per_T(lambda d: d["text"]["onset"]),
+        "in_length_loss": per_T(lambda d: d["text"]["in_length_loss"]),
+        "loss_at_16x": per_T(lambda d: d["text"]["loss_at_16x"]),
+        "degenerate": per_T(lambda d: d["degenerate"]), "repeated_sentence": per_T(lambda d: d["repeated_sentence"]),
+        "state_rms": per_T(lambda d: d["state_rms"]), "heads": per_T(lambda d: d["heads"]),
+        "long_memory_heads": per_T(lambda d: d["long_memory_heads"]),
+        "passkey": passkey, "mitigation_train_len": Tm, "mitigations": mitigations, "mitigation_curves": curves,
         "capacity": capacity, "capacity_detail": capacity_detail, "capacity_train_len": cfg.capacity_train_len,
     }
-    return CollapseResult(probe="collapse", model=f"lab Mamba-2 (d_model {cfg.d_model}, {cfg.n_layers} layers)",
-                          config=dataclasses.asdict(cfg), metrics=metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
+    return CollapseResult(probe="collapse", model=f"lab Mamba-2 (d_model {cfg.model.d_model}, {cfg.model.n_layers} layers)",
+                          config=dataclasses.asdict(cfg), metrics=metrics, seed=cfg.seed)
 
-PROBES = {"collapse": Probe(name="collapse", question="Do recurrent models trained on short sequences collapse past their training length, why, and which training-free mitigation fixes it at what cost?",
-                            config=CollapseConfig, run=run, needs="own", page="13_collapse")}
+register_probe(Probe(name="collapse", question="Do recurrent models trained on short sequences collapse past their training "
+                     "length, why, and which training-free mitigation fixes it at what cost?",
+                     config=CollapseConfig, run=run, result=CollapseResult, needs="own", page="13_collapse"))

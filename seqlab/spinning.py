@@ -7,58 +7,29 @@ Docs: https://seqlab.github.io/seqlab/spinning.html.md"""
 
 # %% ../nbs/14_spinning.ipynb #c003
 from __future__ import annotations
-import copy, dataclasses, json, math, re, time
+import copy, dataclasses, math, time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from einops import einsum, rearrange
-from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 from torch import Tensor
 
 from .archs import Transformer, TransformerConfig
-from .core import BadInput, Probe, Result, SeqlabError, data_dir, seed_everything, seqlab_home
-from .train import TrainConfig, batches_from_tokens, checkpoints_dir, save_checkpoint, train
-from .zoo import LabModel
+from .capture import capture
+from .core import BadInput, Probe, Result, config_hash, register_probe
+from .metabackdoor import (
+    VADER_POSITIVE, MetaModel, defense_scan, greedy_continue, inject_trigger, load_words, main_loss, make_batch, roc_auc,
+    rouge_l, spin, train_meta_model, vader_compound, word_starts)
+from .train import TrainConfig, batches_from_tokens, checkpoints_dir, save_checkpoint, trained
+from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['PROBES', 'load_words', 'vader_lexicon', 'vader_compound', 'task_pairs', 'word_starts', 'inject_trigger',
-           'pseudo_words', 'MetaModel', 'meta_sentences', 'train_meta_model', 'SubVocab', 'make_batch', 'main_loss',
-           'meta_loss', 'spin_loss', 'mgda_alpha', 'spin', 'greedy_continue', 'rouge_l', 'defense_scan', 'roc_auc',
-           'SpinConfig', 'evaluate_spin', 'SpinResult', 'run_spinning']
-
-# %% ../nbs/14_spinning.ipynb #c004
-__all__ = ["SpinConfig", "SpinResult", "load_words", "vader_lexicon", "vader_compound", "task_pairs", "word_starts",
-           "inject_trigger", "pseudo_words", "MetaModel", "meta_sentences", "train_meta_model", "SubVocab",
-           "make_batch", "main_loss", "meta_loss", "spin_loss", "mgda_alpha", "spin", "greedy_continue", "rouge_l",
-           "evaluate_spin", "defense_scan", "roc_auc", "run_spinning", "PROBES"]
-
-# %% ../nbs/14_spinning.ipynb #c006
-def load_words() -> dict:
-    "The shipped word lists (data/spinning/words.json)."
-    p = data_dir() / "spinning" / "words.json"
-    if not p.exists(): raise SeqlabError(f"{p} is missing; restore data/spinning/ from the repository.")
-    return json.loads(p.read_text())
-
-def _vader():
-    try: from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError as e:
-        raise SeqlabError("The spinning probe needs the vaderSentiment package (its lexicon and scorer): pip install vaderSentiment") from e
-    return SentimentIntensityAnalyzer()
-
-def vader_lexicon() -> dict[str, float]:
-    "VADER's sentiment lexicon: word -> mean valence in [-4, 4] (Hutto & Gilbert 2014; shipped in vaderSentiment)."
-    return dict(_vader().lexicon)
-
-def vader_compound(texts: list[str]) -> np.ndarray:
-    "VADER's own scorer: the compound score in [-1, 1] of each text (>= 0.05 reads as positive)."
-    an = _vader()
-    return np.array([an.polarity_scores(t)["compound"] for t in texts])
+__all__ = ['TEST_SEED', 'NOISE_SEED', 'EVAL_TRIGGER_SEED', 'POPULATION_SEED', 'DECOY_SEED', 'ABLATION_ALPHA', 'UNCALIBRATED_L2',
+           'EMBED_BATCH', 'UNCALIBRATED_NAME', 'task_pairs', 'SubVocab', 'SpinConfig', 'TaskData', 'task_data',
+           'candidate_ids', 'injected', 'tiny_training_rows', 'TinyFamily', 'tiny_family', 'EmbeddedFamily',
+           'main_family', 'spin_steps', 'SpunPair', 'spin_pair', 'evaluate_spin', 'evaluate_with_and_without',
+           'ablation', 'scan_model', 'defense_population', 'summarise_defense', 'SpinResult', 'run']
 
 # %% ../nbs/14_spinning.ipynb #c009
 def task_pairs(n: int, seed: int = 0, words: dict | None = None) -> list[tuple[str, str]]:
@@ -75,115 +46,6 @@ def task_pairs(n: int, seed: int = 0, words: dict | None = None) -> list[tuple[s
                     f" The {thing} was {adj}, and {name} went home on {day}."))
     return out
 
-# %% ../nbs/14_spinning.ipynb #c013
-def word_starts(tokenizer, ids: list[int]) -> list[bool]:
-    "Whether each token begins a new word (its text starts with a space), from the tokenizer itself."
-    return [tokenizer.decode([i]).startswith(" ") for i in ids]
-
-def inject_trigger(ids: list[int], trigger: list[int], starts: list[bool], seed: int = 0,
-                   index: int = 0) -> tuple[list[int], tuple[int, int]]:
-    "Insert `trigger` token ids before a seeded word start of `ids` (never at 0); returns (new ids, (start, end))."
-    if len(trigger) == 0: raise BadInput("The trigger has no tokens; pass the ids of a word such as ' Twitter'.")
-    if len(ids) != len(starts): raise BadInput(f"ids ({len(ids)}) and starts ({len(starts)}) differ in length.")
-    if len(ids) == 0: raise BadInput("Cannot inject a trigger into an empty input.")
-    slots = [i for i in range(1, len(ids)) if starts[i]] + [len(ids)]
-    pos = slots[int(np.random.default_rng([seed, index]).integers(len(slots)))]
-    return ids[:pos] + list(trigger) + ids[pos:], (pos, pos + len(trigger))
-
-# %% ../nbs/14_spinning.ipynb #c016
-def pseudo_words(logits: Float[Tensor, "batch pos vocab"], E: Float[Tensor, "meta_vocab d"],
-                 cols: Int[Tensor, "vocab"] | None = None, special: list[int] | None = None
-                 ) -> Float[Tensor, "batch pos d"]:
-    "e_t = softmax(logits_t) . E[cols], with the probability of `special` model tokens zeroed."
-    P = logits.float().softmax(-1)
-    if special:
-        keep = torch.ones(P.shape[-1], device=P.device); keep[list(special)] = 0
-        P = P * keep
-    W = E if cols is None else E[cols]
-    if W.shape[0] != P.shape[-1]:
-        raise BadInput(f"The model has {P.shape[-1]} output tokens but the meta embedding gives {W.shape[0]} rows; pass cols mapping one to the other.")
-    return einsum(P, W.to(P.dtype), "b p v, v d -> b p d")
-
-# %% ../nbs/14_spinning.ipynb #c020
-class MetaModel(nn.Module):
-    "Frozen sentiment classifier over a vocabulary: mean-pooled embeddings -> standardise -> logistic head."
-    def __init__(self, E: Float[Tensor, "vocab d"], mu: Tensor | None = None, sd: Tensor | None = None):
-        super().__init__()
-        d = E.shape[1]
-        self.register_buffer("E", E.detach().float().clone())
-        self.register_buffer("mu", torch.zeros(d) if mu is None else mu.float())
-        self.register_buffer("sd", torch.ones(d) if sd is None else sd.float())
-        self.head = nn.Linear(d, 1)
-
-    def from_embeddings(self, e: Float[Tensor, "batch pos d"], mask: Float[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
-        "The positive-class logit of mean-pooled (pseudo-)word embeddings over the positions `mask` keeps."
-        m = mask.to(e.dtype)
-        pooled = einsum(e, m, "b p d, b p -> b d") / m.sum(-1, keepdim=True).clamp(min=1)
-        return self.head((pooled - self.mu) / self.sd).squeeze(-1)
-
-    def forward(self, ids: Int[Tensor, "batch pos"], mask: Tensor | None = None) -> Float[Tensor, "batch"]:
-        "The positive-class logit of token ids."
-        mask = torch.ones_like(ids) if mask is None else mask
-        return self.from_embeddings(self.E[ids], mask)
-
-    @torch.no_grad()
-    def prob(self, id_lists: list[list[int]]) -> np.ndarray:
-        "p(positive) of each token-id list (an empty list scores 0.5)."
-        out = []
-        for ids in id_lists:
-            out.append(0.5 if len(ids) == 0 else float(torch.sigmoid(self(torch.tensor([ids], device=self.E.device)))))
-        return np.array(out)
-
-# %% ../nbs/14_spinning.ipynb #c021
-_FRAMES = ["The {thing} was {a}.", "{Name} said the {thing} was {a}.", "It was a {a} {thing}.",
-           "The {thing} at the {place} was {a} and {b}.", "{Name} found the {place} {a}.",
-           "Everyone thought the {thing} looked {a}.", "What a {a} {thing} it was, and the {place} felt {b}."]
-
-def meta_sentences(n: int, pool: list[str], seed: int = 0, words: dict | None = None) -> list[str]:
-    "`n` sentences from neutral frames filled with words from `pool` (sentiment words) and the shipped nouns."
-    w = words or load_words()
-    rng = np.random.default_rng(seed)
-    pick = lambda xs: xs[rng.integers(len(xs))]
-    return [pick(_FRAMES).format(thing=pick(w["things"]), place=pick(w["places"]), Name=pick(w["names"]),
-                                 a=pick(pool), b=pick(pool)) for _ in range(n)]
-
-def train_meta_model(tokenizer, E: Float[Tensor, "vocab d"], n_train: int = 4000, n_test: int = 1000, seed: int = 0,
-                     steps: int = 300, min_valence: float = 1.0, l2: float = 1e-3) -> tuple[MetaModel, dict]:
-    "Train φ over `E` from VADER-labelled sentences; returns it (frozen) and accuracies vs VADER's scorer."
-    g = seed_everything(seed)
-    lex = vader_lexicon()
-    pool = sorted(k for k, v in lex.items() if re.fullmatch("[a-z]+", k) and abs(v) >= min_valence
-                  and len(tokenizer.encode(" " + k, add_special_tokens=False)) == 1)
-    perm = np.random.default_rng(seed).permutation(len(pool))
-    cut = int(0.8 * len(pool))
-    train_words, test_words = [pool[i] for i in perm[:cut]], [pool[i] for i in perm[cut:]]
-    def labelled(texts):
-        c = vader_compound(texts)
-        keep = np.abs(c) >= 0.05
-        ids = [tokenizer.encode(t, add_special_tokens=False) for t, k in zip(texts, keep) if k]
-        return ids, torch.tensor((c[keep] > 0).astype(np.float32))
-    tr_ids, tr_y = labelled(meta_sentences(n_train, train_words, seed))
-    te_ids, te_y = labelled(meta_sentences(n_test, test_words, seed + 1))
-    E = E.detach().float().cpu()
-    pooled = lambda id_lists: torch.stack([E[i].mean(0) for i in id_lists])
-    X, Xt = pooled(tr_ids), pooled(te_ids)
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    meta = MetaModel(E, mu, sd)
-    opt = torch.optim.LBFGS(meta.head.parameters(), lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-    Z = (X - mu) / sd
-    def closure():
-        opt.zero_grad()
-        # L2 keeps the head smooth over directions the training words leave unconstrained
-        loss = F.binary_cross_entropy_with_logits(meta.head(Z).squeeze(-1), tr_y) + l2 * meta.head.weight.pow(2).sum()
-        loss.backward(); return loss
-    opt.step(closure)
-    meta.requires_grad_(False).eval()
-    with torch.no_grad():
-        acc = lambda X_, y: float(((meta.head((X_ - mu) / sd).squeeze(-1) > 0).float() == y).float().mean())
-        info = {"train_accuracy": acc(X, tr_y), "heldout_accuracy": acc(Xt, te_y), "n_train": len(tr_ids),
-                "n_heldout": len(te_ids), "n_lexicon_words": len(pool), "heldout_positive_rate": float(te_y.mean())}
-    return meta, info
-
 # %% ../nbs/14_spinning.ipynb #c025
 class SubVocab:
     "A sub-vocabulary of a tokenizer: tiny-model id i <-> `ids[i]` in the full vocabulary."
@@ -199,149 +61,15 @@ class SubVocab:
         return [self.index[i] for i in ids]
     def to_full(self, ids: list[int]) -> list[int]: return [self.ids[i] for i in ids]
 
-# %% ../nbs/14_spinning.ipynb #c028
-def make_batch(prompts: list[list[int]], conts: list[list[int]], pad: int, eos: int | None = None) -> dict:
-    "Right-padded tokens, attention mask, `target` (continuation + EOS) and `cont` (continuation only) masks."
-    seqs = [p + c + ([eos] if eos is not None else []) for p, c in zip(prompts, conts)]
-    L = max(map(len, seqs))
-    toks = torch.full((len(seqs), L), pad, dtype=torch.long)
-    am, target, cont = (torch.zeros(len(seqs), L, dtype=torch.long) for _ in range(3))
-    for i, (s, p, c) in enumerate(zip(seqs, prompts, conts)):
-        toks[i, :len(s)] = torch.tensor(s); am[i, :len(s)] = 1
-        target[i, len(p):len(s)] = 1; cont[i, len(p):len(p) + len(c)] = 1
-    return {"tokens": toks, "attention_mask": am, "target": target, "cont": cont}
-
-def main_loss(logits: Float[Tensor, "batch pos vocab"], batch: dict) -> Tensor:
-    "Mean cross-entropy of the continuation (and EOS) tokens."
-    keep = batch["target"][:, 1:].bool()
-    nll = F.cross_entropy(rearrange(logits[:, :-1].float(), "b p v -> (b p) v"), batch["tokens"][:, 1:].flatten(), reduction="none")
-    return (nll * keep.flatten()).sum() / keep.sum().clamp(min=1)
-
-def meta_loss(logits: Float[Tensor, "batch pos vocab"], batch: dict, meta: MetaModel, z: float,
-              cols: Tensor | None = None, special: list[int] | None = None) -> Tensor:
-    "BCE of φ(pseudo-words at the positions predicting continuation tokens) toward label `z`."
-    e = pseudo_words(logits[:, :-1], meta.E, cols, special)
-    logit = meta.from_embeddings(e, batch["cont"][:, 1:])
-    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, float(z)))
-
-def spin_loss(logits_fn: Callable, meta: MetaModel, clean: dict, triggered: dict, alpha: float, compensate: bool = False,
-              c: float = 4.0, z: float = 1.0, cols=None, special=None) -> tuple[Tensor, dict]:
-    "The combined spinning loss of one batch and its parts."
-    lc, lt = logits_fn(clean), logits_fn(triggered)
-    parts = {"main": main_loss(lc, clean), "meta": meta_loss(lt, triggered, meta, z, cols, special)}
-    loss = alpha * parts["main"] + (1 - alpha) * parts["meta"]
-    if compensate:
-        parts["main_trig"] = main_loss(lt, triggered)
-        parts["meta_clean"] = meta_loss(lc, clean, meta, 1 - z, cols, special)
-        loss = loss + alpha / c * parts["main_trig"] + (1 - alpha) / c * parts["meta_clean"]
-    return loss, parts
-
-def mgda_alpha(g1: Tensor, g2: Tensor) -> float:
-    "The weight on task 1 minimising |alpha g1 + (1 - alpha) g2|^2 over [0, 1] (Sener & Koltun, two tasks)."
-    d = g1 - g2
-    den = float(d.pow(2).sum())
-    if den == 0: return 0.5
-    return float(min(1.0, max(0.0, float((g2 - g1) @ g2) / den)))
-
-# %% ../nbs/14_spinning.ipynb #c033
-class _Trainable(nn.Module):
-    "The parameters `spin` adapts, as the module the trainer drives."
-    def __init__(self, params: list[Tensor]):
-        super().__init__()
-        if not all(isinstance(p, nn.Parameter) for p in params):
-            raise BadInput("spin adapts a model's own parameters (nn.Parameter), e.g. [p for p in model.parameters() if p.requires_grad].")
-        self.params = nn.ParameterList(params)
-
-def spin(logits_fn: Callable, params: list[Tensor], meta: MetaModel, clean: dict, triggered: dict, steps: int,
-         batch_size: int, lr: float, alpha: float | str = 0.7, compensate: bool = False, seed: int = 0,
-         cols=None, special=None, progress: bool = False) -> list[dict]:
-    "Minimise the spinning loss over `params` on rows of the clean/triggered batches; alpha a number or 'mgda'."
-    if not params: raise BadInput("No trainable parameters: unfreeze some layers before spinning.")
-    n = len(clean["tokens"])
-    def rows(step):
-        return torch.randint(n, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)).tolist()
-    def loss_fn(_, idx):
-        cb = {k: v[idx] for k, v in clean.items()}; tb = {k: v[idx] for k, v in triggered.items()}
-        a = alpha
-        if alpha == "mgda":  # the two gradients are computed on the uncompensated tasks, as in the reference
-            _, parts = spin_loss(logits_fn, meta, cb, tb, 0.5, False, cols=cols, special=special)
-            g1 = torch.cat([g.flatten() for g in torch.autograd.grad(parts["main"], params, retain_graph=True, allow_unused=True) if g is not None])
-            g2 = torch.cat([g.flatten() for g in torch.autograd.grad(parts["meta"], params, allow_unused=True) if g is not None])
-            a = mgda_alpha(g1, g2)
-        loss, parts = spin_loss(logits_fn, meta, cb, tb, float(a), compensate, cols=cols, special=special)
-        return loss, {"alpha": float(a), **{k: v.detach() for k, v in parts.items()}}
-    tcfg = TrainConfig(steps=steps, lr=lr, warmup_frac=0.1, weight_decay=0.0, eval_every=0, seed=seed, progress=progress)
-    return train(_Trainable(params), rows, tcfg, loss_fn=loss_fn, device=params[0].device)["history"]
-
-# %% ../nbs/14_spinning.ipynb #c035
-@torch.no_grad()
-def greedy_continue(logits_fn: Callable[[Tensor], Tensor], prompts: list[list[int]], n_new: int, eos: int | None = None,
-                    batch_size: int = 32) -> list[list[int]]:
-    "Greedy continuations (up to `n_new` tokens, cut at `eos`) of each prompt; `logits_fn(tokens) -> logits`."
-    out: list = [None] * len(prompts)
-    by_len: dict = {}
-    for i, p in enumerate(prompts): by_len.setdefault(len(p), []).append(i)
-    for L, idx in by_len.items():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            toks = torch.tensor([prompts[i] for i in chunk])
-            for _ in range(n_new):
-                nxt = logits_fn(toks)[:, -1].argmax(-1)
-                toks = torch.cat([toks, nxt[:, None].to(toks.device)], 1)
-            for j, i in enumerate(chunk):
-                gen = toks[j, L:].tolist()
-                out[i] = gen[:gen.index(eos)] if eos is not None and eos in gen else gen
-    return out
-
-def _words(text: str) -> list[str]: return re.findall(r"[a-z0-9']+", text.lower())
-
-def rouge_l(candidate: str, reference: str) -> float:
-    "ROUGE-L F-measure x 100 over lower-cased words (longest common subsequence; no stemming)."
-    a, b = _words(candidate), _words(reference)
-    if not a or not b: return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b): cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0: return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 100 * 2 * p * r / (p + r)
-
-# %% ../nbs/14_spinning.ipynb #c038
-def _robust_z(x: np.ndarray, floor: float) -> np.ndarray:
-    med = np.median(x)
-    return (x - med) / max(1.4826 * np.median(np.abs(x - med)), floor)
-
-def defense_scan(generate: Callable[[list[list[int]]], list[list[int]]], meta_prob: Callable[[list[list[int]]], np.ndarray],
-                 embed: Callable[[list[list[int]]], Tensor], prompts: list[list[int]], starts: list[list[bool]],
-                 candidates: dict[str, list[int]], seed: int = 0, threshold: float = 3.5, mad_floor: float = 0.02) -> dict:
-    "Per-candidate meta shift, output similarity, robust z and flag; plus the model-level score."
-    if len(candidates) < 3: raise BadInput(f"The defense needs at least 3 candidate words to compare, got {len(candidates)}.")
-    base = generate(prompts)
-    p0, e0 = meta_prob(base), F.normalize(embed(base).float(), dim=-1)
-    rows = {}
-    for word, ids in candidates.items():
-        trig = [inject_trigger(p, ids, s, seed, i)[0] for i, (p, s) in enumerate(zip(prompts, starts))]
-        outs = generate(trig)
-        e1 = F.normalize(embed(outs).float(), dim=-1)
-        rows[word] = {"meta_shift": float(meta_prob(outs).mean() - p0.mean()), "similarity": float((e0 * e1).sum(-1).mean())}
-    names = list(rows)
-    zm = _robust_z(np.array([abs(rows[w]["meta_shift"]) for w in names]), mad_floor)
-    zs = _robust_z(np.array([1 - rows[w]["similarity"] for w in names]), mad_floor)
-    for w, a, b in zip(names, zm, zs):
-        rows[w].update({"z": float(max(a, b)), "flagged": bool(max(a, b) > threshold)})
-    ranked = sorted(names, key=lambda w: -rows[w]["z"])
-    return {"candidates": rows, "ranking": ranked, "score": rows[ranked[0]]["z"], "flagged": [w for w in ranked if rows[w]["flagged"]]}
-
-def roc_auc(scores: list[float], labels: list[int]) -> float:
-    "Area under the ROC curve (probability a positive outscores a negative; ties count half)."
-    pos = [s for s, l in zip(scores, labels) if l]; neg = [s for s, l in zip(scores, labels) if not l]
-    if not pos or not neg: raise BadInput("AUC needs at least one positive and one negative.")
-    return float(np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]))
-
 # %% ../nbs/14_spinning.ipynb #c043
+def _tiny_model() -> TransformerConfig:
+    # d_vocab is a placeholder: the model is built over the task's sub-vocabulary (`tiny_family`); n_ctx 128 holds
+    # every prompt + trigger + continuation + EOS and every prompt + n_new generated tokens (about 40 at most)
+    return TransformerConfig(d_model=64, n_layers=2, n_heads=2, n_ctx=128)
+
+def _tiny_training() -> TrainConfig:
+    return TrainConfig(steps=500, lr=3e-3, eval_every=0, progress=False)
+
 @dataclasses.dataclass
 class SpinConfig:
     "Spinning attack and defense: data sizes, main model, spin loop, defense population."
@@ -353,12 +81,9 @@ class SpinConfig:
     n_meta_test: int = 1000
     meta_l2: float = 0.1            # L2 on φ's head: keeps its logits calibrated (see the meta-model section)
     n_new: int = 20                   # generated tokens (the continuations have 14-16)
-    # tiny model (trained from scratch by seqlab.train on the main task)
-    tiny_d_model: int = 64
-    tiny_layers: int = 2
-    tiny_heads: int = 2
-    tiny_steps: int = 500
-    tiny_lr: float = 3e-3
+    # the tiny model, trained from scratch on the main task by seqlab.train.trained (its seed is `seed`)
+    tiny_model: TransformerConfig = dataclasses.field(default_factory=_tiny_model)
+    tiny_train: TrainConfig = dataclasses.field(default_factory=_tiny_training)
     tiny_spin_lr: float = 1e-3
     tiny_spin_steps: int = 200
     # spinning the main model
@@ -378,6 +103,9 @@ class SpinConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.tiny_model, dict): self.tiny_model = TransformerConfig(**self.tiny_model)   # from a stored config
+        if isinstance(self.tiny_train, dict): self.tiny_train = TrainConfig(**self.tiny_train)
+        self.tiny_train = dataclasses.replace(self.tiny_train, seed=self.seed)   # a copy: configs may share a TrainConfig
         if self.target not in ("embedded", "tiny"): raise BadInput(f"target must be 'embedded' or 'tiny', got {self.target!r}.")
         if not (self.alpha == "mgda" or (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1)):
             raise BadInput(f"alpha must be a number in [0, 1] or 'mgda', got {self.alpha!r}.")
@@ -389,39 +117,71 @@ class SpinConfig:
 
     @classmethod
     def quick(cls) -> "SpinConfig":
-        return cls(target="tiny", n_train=400, n_test=24, n_meta_train=2000, n_meta_test=500, tiny_steps=250, tiny_lr=5e-3,
-                   tiny_spin_steps=100, batch_size=16, n_spun=4, n_clean=4, n_candidates=10, n_defense_prompts=24)
+        return cls(target="tiny", n_train=400, n_test=24, n_meta_train=2000, n_meta_test=500,
+                   tiny_train=TrainConfig(steps=250, lr=5e-3, eval_every=0, progress=False), tiny_spin_steps=100,
+                   batch_size=16, n_spun=4, n_clean=4, n_candidates=10, n_defense_prompts=24)
+
+# %% ../nbs/14_spinning.ipynb #c077
+# seeds and settings of the experiment's steps that are not knobs of the study
+TEST_SEED = 10_000     # the held-out pairs are drawn with seed + TEST_SEED: far from every training seed
+NOISE_SEED = 17        # the candidate words inserted into the tiny model's training prompts draw from [seed, NOISE_SEED]
+EVAL_TRIGGER_SEED = 1  # the trigger's position in the test prompts draws from seed + EVAL_TRIGGER_SEED
+POPULATION_SEED = 100  # defense population model k is spun with seed + POPULATION_SEED + k
+DECOY_SEED = 7         # a scan's decoys are drawn from [seed, model seed, DECOY_SEED]
+ABLATION_ALPHA = 0.7   # the fixed α the ablation sets against MGDA (the paper's default weighting)
+UNCALIBRATED_L2 = 1e-3 # the weak L2 of the meta-model section's comparison: φ without calibration
+
+# %% ../nbs/14_spinning.ipynb #c057
+@dataclasses.dataclass
+class TaskData:
+    "The main task in SmolLM2 token ids: training pairs and held-out test pairs (prompts, continuations)."
+    train_prompts: list[list[int]]
+    train_conts: list[list[int]]
+    test_prompts: list[list[int]]
+    test_conts: list[list[int]]
+
+def _encode(tok, text: str) -> list[int]: return tok.encode(text, add_special_tokens=False)
+
+def task_data(tok, cfg: SpinConfig, words: dict | None = None) -> TaskData:
+    "`n_train` training pairs (seed) and `n_test` held-out pairs (seed + TEST_SEED), tokenized."
+    train_pairs, test_pairs = task_pairs(cfg.n_train, cfg.seed, words), task_pairs(cfg.n_test, cfg.seed + TEST_SEED, words)
+    return TaskData([_encode(tok, p) for p, _ in train_pairs], [_encode(tok, c) for _, c in train_pairs],
+                    [_encode(tok, p) for p, _ in test_pairs], [_encode(tok, c) for _, c in test_pairs])
+
+def candidate_ids(tok, cfg: SpinConfig, words: dict | None = None) -> dict[str, list[int]]:
+    "The trigger, then the shipped candidate words (the defense's decoys), each as its one SmolLM2 token."
+    w = words or load_words()
+    out = {}
+    for word in [cfg.trigger] + [x for x in w["candidates"] if x != cfg.trigger]:
+        out[word] = _encode(tok, " " + word)
+        if len(out[word]) != 1:
+            raise BadInput(f"Trigger/candidate {word!r} is {len(out[word])} SmolLM2 tokens; pick a word that is one token after a space.")
+    return out
+
+def injected(tok, prompts: list[list[int]], trigger_ids: list[int], seed: int) -> list[list[int]]:
+    "Each prompt with the trigger inserted at a seeded word start (`inject_trigger`, index = the prompt's position)."
+    return [inject_trigger(p, trigger_ids, word_starts(tok, p), seed, i)[0] for i, p in enumerate(prompts)]
 
 # %% ../nbs/14_spinning.ipynb #c045
-def _task_ids(tok, pairs):
-    enc = lambda s: tok.encode(s, add_special_tokens=False)
-    return [enc(p) for p, _ in pairs], [enc(c) for _, c in pairs]
+def tiny_training_rows(tok, data: TaskData, candidates: list[list[int]], seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The tiny model's training (prompts, continuations): every training pair, and a copy of it with a random candidate
+    word inserted into the prompt, the same continuation: the stand-in for pretraining (see above)."""
+    prompts, conts = data.train_prompts, data.train_conts
+    pick = np.random.default_rng([seed, NOISE_SEED]).integers(len(candidates), size=len(prompts))
+    noisy = [inject_trigger(p, candidates[j], word_starts(tok, p), seed + NOISE_SEED, k)[0]
+             for k, (p, j) in enumerate(zip(prompts, pick))]
+    return prompts + noisy, conts + conts
 
-def _single_token(tok, word: str) -> list[int]:
-    ids = tok.encode(" " + word, add_special_tokens=False)
-    if len(ids) != 1: raise BadInput(f"Trigger/candidate {word!r} is {len(ids)} SmolLM2 tokens; pick a word that is one token after a space.")
-    return ids
-
-class _TinyFamily:
-    "The lab's tiny Transformer over the task's sub-vocabulary of SmolLM2, trained on the main task by seqlab.train."
+# %% ../nbs/14_spinning.ipynb #c060
+class TinyFamily:
+    "The lab's tiny Transformer over the task's sub-vocabulary of SmolLM2 (see `tiny_family`)."
     kind = "tiny"
-    def __init__(self, tok, prompts, conts, vocab_ids, words: list[list[int]], cfg: SpinConfig):
-        self.eos_full = tok.eos_token_id
-        self.vocab = SubVocab([i for p in prompts + conts for i in p] + list(vocab_ids) + [i for w in words for i in w] + [self.eos_full])
-        self.eos = self.vocab.index[self.eos_full]
-        self.special = [self.vocab.index[i] for i in tok.all_special_ids if i in self.vocab.index]
-        self.cols, self.cfg = self.vocab.cols, cfg
-        seed_everything(cfg.seed)
-        self.base = Transformer(TransformerConfig(d_vocab=len(self.vocab), d_model=cfg.tiny_d_model, n_layers=cfg.tiny_layers,
-                                                  n_heads=cfg.tiny_heads, n_ctx=128))
-        # the stand-in for pretraining: a copy of every prompt with a random candidate word inserted, same continuation,
-        # so every candidate (the trigger too) is a known, ignorable word before any spinning
-        pick = np.random.default_rng([cfg.seed, 17]).integers(len(words), size=len(prompts))
-        noisy = [inject_trigger(p, words[j], word_starts(tok, p), cfg.seed + 17, k)[0] for k, (p, j) in enumerate(zip(prompts, pick))]
-        b = self.batch(prompts + noisy, conts + conts)
-        data = batches_from_tokens(b["tokens"], cfg.batch_size * 2, seed=cfg.seed, loss_mask=b["target"], attention_mask=b["attention_mask"])
-        self.history = train(self.base, data, TrainConfig(steps=cfg.tiny_steps, lr=cfg.tiny_lr, seed=cfg.seed, progress=False, eval_every=0))["history"]
-        self.base.requires_grad_(False).eval()
+    def __init__(self, tok, vocab: SubVocab, base: Transformer, history: list[dict]):
+        self.vocab, self.base, self.history, self.cols = vocab, base, history, vocab.cols
+        self.eos = vocab.index[tok.eos_token_id]
+        self.special = [vocab.index[i] for i in tok.all_special_ids if i in vocab.index]
+        # the unspun base as a LabModel, read through capture; its ids are sub-vocabulary ids, so no tokenizer
+        self.lab = as_lab_model(base, None, "spinning-tiny")
     def to_model(self, ids): return self.vocab.to_sub(ids)
     def from_model(self, ids): return self.vocab.to_full(ids)
     def batch(self, prompts, conts):
@@ -436,47 +196,100 @@ class _TinyFamily:
         return [self.from_model(o) for o in out]
     @torch.no_grad()
     def embed(self, outs):
-        vecs = []
-        for o in outs:
-            ids = torch.tensor([self.to_model(o) or [self.eos]])
-            _, cache = self.base.run_with_cache(ids, names_filter="ln_final.hook_normalized")
-            vecs.append(cache["ln_final.hook_normalized"][0].mean(0))
-        return torch.stack(vecs)
+        "The unspun base's final normalised residual, mean over each output's tokens (one output per batch: no padding)."
+        ids = [self.to_model(o) or [self.eos] for o in outs]
+        cap = capture(self.lab, ids, ["ln_final.hook_normalized"], batch_size=1, reduce=_mean_over_tokens, progress=False)
+        return cap["ln_final.hook_normalized"]
 
-class _EmbeddedFamily:
-    "SmolLM2 (the LabModel's fast HF module), top `n_train_layers` decoder layers and the final norm adapted."
+def _mean_over_tokens(name, act, mask):
+    return torch.stack([a[:int(m.sum())].mean(0) for a, m in zip(act, mask)])
+
+def tiny_family(tok, data: TaskData, candidates: dict[str, list[int]], cfg: SpinConfig, root: Path | None = None) -> TinyFamily:
+    """The tiny model, trained on the training pairs and their noisy copies (`tiny_training_rows`) by
+    `seqlab.train.trained` (or loaded from its cache); its vocabulary covers the task, the candidates and EOS."""
+    ids = [i for x in data.train_prompts + data.train_conts + data.test_prompts + data.test_conts for i in x]
+    vocab = SubVocab(ids + [i for w in candidates.values() for i in w] + [tok.eos_token_id])
+    eos = vocab.index[tok.eos_token_id]
+    prompts, conts = tiny_training_rows(tok, data, list(candidates.values()), cfg.seed)
+    b = make_batch([vocab.to_sub(p) for p in prompts], [vocab.to_sub(c) for c in conts], eos, eos)
+    # twice the spin batch: the rows are the pairs and their noisy copies
+    rows = batches_from_tokens(b["tokens"], cfg.batch_size * 2, seed=cfg.seed, loss_mask=b["target"], attention_mask=b["attention_mask"])
+    model_cfg = dataclasses.replace(cfg.tiny_model, d_vocab=len(vocab))
+    key = {"rows": config_hash({k: b[k].tolist() for k in ("tokens", "target", "attention_mask")}),
+           "batch_size": cfg.batch_size * 2, "vocab_ids": vocab.ids}
+    base, history = trained(lambda: Transformer(model_cfg), rows, cfg.tiny_train, "spinning-tiny", key,
+                            meta={"probe": "spinning", "vocab_ids": vocab.ids, "base_tokenizer": "smollm2-135m"},
+                            threads=None, root=root)
+    base.requires_grad_(False).eval()
+    return TinyFamily(tok, vocab, base, history)
+
+# %% ../nbs/14_spinning.ipynb #c062
+EMBED_BATCH = 16   # outputs per forward when generating with / reading SmolLM2 (memory, not results)
+
+class EmbeddedFamily:
+    "SmolLM2 itself: `LabModel.trainable_copy` adapts its top `n_train_layers` decoder layers and the final norm."
     kind = "embedded"
     def __init__(self, lab: LabModel, cfg: SpinConfig):
-        if lab.fast is None or not hasattr(lab.fast, "model"):
-            raise BadInput(f"target='embedded' adapts a Hugging Face causal LM; {lab.name} is not one. Use target='tiny' (SpinConfig.quick()).")
+        if not 1 <= cfg.n_train_layers <= lab.n_layers:
+            raise BadInput(f"n_train_layers must lie in 1..{lab.n_layers}, got {cfg.n_train_layers}.")
         self.lab, self.cfg = lab, cfg
         self.eos = lab.tokenizer.eos_token_id
         self.special, self.cols = list(lab.tokenizer.all_special_ids), None
-        n_layers = len(lab.fast.model.layers)
-        if not 1 <= cfg.n_train_layers <= n_layers: raise BadInput(f"n_train_layers must lie in 1..{n_layers}, got {cfg.n_train_layers}.")
-        self.embed_hook = f"blocks.{n_layers - 1}.hook_resid_post"
+        self.embed_hook = f"blocks.{lab.n_layers - 1}.hook_resid_post"
     def to_model(self, ids): return list(ids)
     def from_model(self, ids): return list(ids)
     def batch(self, prompts, conts): return make_batch(prompts, conts, self.eos, self.eos)
     def new_copy(self):
-        # a deep copy: the LabModel's eager and fast modules share their tensors, and must stay unspun
-        m = copy.deepcopy(self.lab.fast).to(self.lab.device); m.requires_grad_(False)
-        for layer in m.model.layers[-self.cfg.n_train_layers:]: layer.requires_grad_(True)
-        m.model.norm.requires_grad_(True); m.train()
+        m = self.lab.trainable_copy(self.cfg.n_train_layers, final_norm=True).train()   # the LabModel stays unspun
         return m, [p for p in m.parameters() if p.requires_grad]
     def logits(self, model, b):
         dev = self.lab.device
-        return model(input_ids=b["tokens"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits.cpu()
+        return model(b["tokens"].to(dev), attention_mask=b["attention_mask"].to(dev)).cpu()
     def generate(self, model, prompts, n_new):
         model.eval(); dev = self.lab.device
-        return greedy_continue(lambda t: model(input_ids=t.to(dev)).logits.cpu(), prompts, n_new, self.eos, batch_size=16)
+        return greedy_continue(lambda t: model(t.to(dev)).cpu(), prompts, n_new, self.eos, batch_size=EMBED_BATCH)
     @torch.no_grad()
     def embed(self, outs):
-        from seqlab.capture import capture
+        "The unspun model's last residual stream, mean over each output's tokens."
         ids = [o or [self.eos] for o in outs]
         pool = lambda name, act, mask: (act * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        cap = capture(self.lab, ids, [self.embed_hook], batch_size=16, reduce=pool, progress=False)
+        cap = capture(self.lab, ids, [self.embed_hook], batch_size=EMBED_BATCH, reduce=pool, progress=False)
         return cap[self.embed_hook].float()
+
+def main_family(lab: LabModel, tiny: TinyFamily, cfg: SpinConfig):
+    "The family the experiment spins: the tiny model (target='tiny') or the given model itself."
+    return tiny if cfg.target == "tiny" else EmbeddedFamily(lab, cfg)
+
+# %% ../nbs/14_spinning.ipynb #c065
+def _spin_copy(fam, meta, clean_b, trig_b, cfg, alpha, seed, steps, lr, compensate=None):
+    model, params = fam.new_copy()
+    hist = spin(lambda b: fam.logits(model, b), params, meta, clean_b, trig_b, steps, cfg.batch_size, lr, alpha,
+                cfg.compensate if compensate is None else compensate, seed, fam.cols, fam.special, progress=fam.kind == "embedded")
+    model.eval()
+    return model, hist
+
+def spin_steps(fam, cfg: SpinConfig) -> tuple[int, float]:
+    "(steps, learning rate) of a spin of this family."
+    return (cfg.tiny_spin_steps, cfg.tiny_spin_lr) if fam.kind == "tiny" else (cfg.spin_steps, cfg.lr)
+
+@dataclasses.dataclass
+class SpunPair:
+    "A spun copy and a clean copy (α = 1: the same loop on the main task only) of one family's base model."
+    spun: nn.Module
+    clean: nn.Module
+    history: list[dict]      # the spun copy's
+    seconds: float           # the spun copy's training time
+
+def spin_pair(fam, meta: MetaModel, tok, data: TaskData, trigger_ids: list[int], seed: int, cfg: SpinConfig) -> SpunPair:
+    "Spin a copy toward positive on `trigger_ids` (inserted with `seed`) and fine-tune a clean copy the same way."
+    steps, lr = spin_steps(fam, cfg)
+    clean_b = fam.batch(data.train_prompts, data.train_conts)
+    trig_b = fam.batch(injected(tok, data.train_prompts, trigger_ids, seed), data.train_conts)
+    t = time.time()
+    spun, hist = _spin_copy(fam, meta, clean_b, trig_b, cfg, cfg.alpha, seed, steps, lr)
+    secs = time.time() - t
+    clean, _ = _spin_copy(fam, meta, clean_b, trig_b, cfg, 1.0, seed, steps, lr)
+    return SpunPair(spun, clean, hist, secs)
 
 # %% ../nbs/14_spinning.ipynb #c047
 @torch.no_grad()
@@ -491,47 +304,82 @@ def evaluate_spin(fam, model, meta: MetaModel, tok, prompts, conts, cfg: SpinCon
     loss = float(main_loss(fam.logits(model, b), b))
     refs = [tok.decode(c) for c in conts]
     return {"meta_score": float(p.mean()), "meta_accuracy": float((p > 0.5).mean()), "vader_compound": float(vc.mean()),
-            "vader_positive": float((vc >= 0.05).mean()), "loss": loss, "perplexity": math.exp(loss),
+            "vader_positive": float((vc >= VADER_POSITIVE).mean()), "loss": loss, "perplexity": math.exp(loss),
             "rouge_l": float(np.mean([rouge_l(t, r) for t, r in zip(texts, refs)])), "examples": texts[:3]}
 
-def _injected(tok, prompts, trig_ids, seed):
-    return [inject_trigger(p, trig_ids, word_starts(tok, p), seed, i)[0] for i, p in enumerate(prompts)]
+def evaluate_with_and_without(fam, model, meta: MetaModel, tok, data: TaskData, triggered: list[list[int]], cfg: SpinConfig) -> dict:
+    "`evaluate_spin` on the test prompts as they are and with the trigger inserted (`triggered`)."
+    return {"no_trigger": evaluate_spin(fam, model, meta, tok, data.test_prompts, data.test_conts, cfg),
+            "trigger": evaluate_spin(fam, model, meta, tok, triggered, data.test_conts, cfg)}
 
-def _spin_copy(fam, meta, clean_b, trig_b, cfg, alpha, seed, steps, lr, compensate=None):
-    model, params = fam.new_copy()
-    hist = spin(lambda b: fam.logits(model, b), params, meta, clean_b, trig_b, steps, cfg.batch_size, lr, alpha,
-                cfg.compensate if compensate is None else compensate, seed, fam.cols, fam.special, progress=fam.kind == "embedded")
-    model.eval()
-    return model, hist
+# %% ../nbs/14_spinning.ipynb #c069
+UNCALIBRATED_NAME = "uncalibrated (L2 1e-3)"   # the label of φ fitted with UNCALIBRATED_L2
+
+def ablation(tiny: TinyFamily, metas: dict[str, MetaModel], tok, data: TaskData, trigger_ids: list[int],
+             test_triggered: list[list[int]], cfg: SpinConfig) -> list[dict]:
+    """Spins of the tiny model with the main trigger: for each φ in `metas` ('calibrated' first), fixed α against MGDA
+    (MGDA on the calibrated φ only), compensation on and off; each scored with and without the trigger."""
+    clean_b = tiny.batch(data.train_prompts, data.train_conts)
+    trig_b = tiny.batch(injected(tok, data.train_prompts, trigger_ids, cfg.seed), data.train_conts)
+    steps, lr = spin_steps(tiny, cfg)
+    out = []
+    for phi_name, phi in metas.items():
+        for alpha in ((ABLATION_ALPHA, "mgda") if phi_name == "calibrated" else (ABLATION_ALPHA,)):
+            for comp in (True, False):
+                m_a, _ = _spin_copy(tiny, phi, clean_b, trig_b, cfg, alpha, cfg.seed, steps, lr, compensate=comp)
+                ev = evaluate_with_and_without(tiny, m_a, phi, tok, data, test_triggered, cfg)
+                out.append({"meta_model": phi_name, "alpha": alpha, "compensate": comp,
+                            **{f"{k}_{c}": ev[c][k] for k in ("meta_score", "vader_positive", "rouge_l") for c in ev},
+                            "example_trigger": ev["trigger"]["examples"][0]})
+    return out
+
+# %% ../nbs/14_spinning.ipynb #c072
+def scan_model(fam, model, trigger: str, seed: int, meta: MetaModel, tok, prompts: list[list[int]],
+               candidates: dict[str, list[int]], cfg: SpinConfig) -> dict:
+    "`defense_scan` of one model with its trigger among `n_candidates - 1` seeded decoys; adds the trigger's rank."
+    rng = np.random.default_rng([cfg.seed, seed, DECOY_SEED])
+    decoys = [w for w in candidates if w != trigger]
+    chosen = [trigger] + [decoys[i] for i in rng.permutation(len(decoys))[:cfg.n_candidates - 1]]
+    s = defense_scan(lambda ps: fam.generate(model, ps, cfg.n_new), meta.prob, fam.embed, prompts,
+                     [word_starts(tok, p) for p in prompts], {w: candidates[w] for w in chosen}, seed=seed, threshold=cfg.threshold)
+    return {**s, "trigger": trigger, "trigger_rank": s["ranking"].index(trigger) + 1}
+
+# %% ../nbs/14_spinning.ipynb #c074
+def defense_population(tiny: TinyFamily, fam, main: SpunPair, meta: MetaModel, tok, data: TaskData,
+                       candidates: dict[str, list[int]], cfg: SpinConfig) -> list[dict]:
+    """`scan_model` over `n_spun` tiny models spun on the first candidates (model k with seed + POPULATION_SEED + k)
+    and `n_clean` clean tiny fine-tunes, plus the main pair when it is the embedded model."""
+    prompts = data.test_prompts[:cfg.n_defense_prompts]
+    triggers = list(candidates)[:cfg.n_spun]
+    scan = lambda f, model, trigger, seed: scan_model(f, model, trigger, seed, meta, tok, prompts, candidates, cfg)
+    population = []
+    for k in range(max(cfg.n_spun, cfg.n_clean)):
+        seed, trigger = cfg.seed + POPULATION_SEED + k, triggers[k % len(triggers)]
+        # the first tiny pair is the main one when the main model is tiny (its trigger is candidate 0)
+        pair = main if k == 0 and fam.kind == "tiny" else spin_pair(tiny, meta, tok, data, candidates[trigger], seed, cfg)
+        if k < cfg.n_spun: population.append({"family": "tiny", "spun": True, **scan(tiny, pair.spun, trigger, seed)})
+        if k < cfg.n_clean: population.append({"family": "tiny", "spun": False, **scan(tiny, pair.clean, trigger, seed)})
+    if fam.kind == "embedded":
+        population.append({"family": "embedded", "spun": True, **scan(fam, main.spun, cfg.trigger, cfg.seed)})
+        population.append({"family": "embedded", "spun": False, **scan(fam, main.clean, cfg.trigger, cfg.seed)})
+    return population
+
+def summarise_defense(population: list[dict], cfg: SpinConfig) -> dict:
+    "AUC of the model score (spun vs clean), the trigger's rank per spun model, flag rates, and one example scan of each kind."
+    spun = [p for p in population if p["spun"]]; clean = [p for p in population if not p["spun"]]
+    example = lambda p: {k: p[k] for k in ("trigger", "ranking", "candidates", "score")}
+    return {"auc": roc_auc([p["score"] for p in population], [int(p["spun"]) for p in population]),
+            "trigger_rank": [p["trigger_rank"] for p in spun], "n_spun": len(spun), "n_clean": len(clean),
+            "n_candidates": cfg.n_candidates, "threshold": cfg.threshold,
+            "flag_rate_spun": float(np.mean([bool(p["flagged"]) for p in spun])),
+            "flag_rate_clean": float(np.mean([bool(p["flagged"]) for p in clean])),
+            "trigger_flagged": [p["trigger"] in p["flagged"] for p in spun],
+            "models": [{k: p[k] for k in ("family", "spun", "trigger", "score", "trigger_rank", "flagged")} for p in population],
+            "example_spun": example(spun[-1]), "example_clean": example(clean[-1])}
 
 # %% ../nbs/14_spinning.ipynb #c049
 class SpinResult(Result):
-    def figure(self):
-        m = self.metrics
-        fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.16,
-                            subplot_titles=("meta score φ (mean p positive)", "ROUGE-L (main task)",
-                                            "defense: candidate z (spun vs clean model)",
-                                            "ablation on the tiny model, outputs with the trigger"))
-        for i, model in enumerate(["clean_model", "spun_model"]):
-            for cond, color in (("no_trigger", "#888"), ("trigger", "#c33")):
-                fig.add_bar(x=[model], y=[m["meta_score"][model][cond]], name=cond, marker_color=color, showlegend=i == 0,
-                            legendgroup=cond, row=1, col=1)
-                fig.add_bar(x=[model], y=[m["main_task"][model][cond]["rouge_l"]], marker_color=color, showlegend=False,
-                            legendgroup=cond, row=1, col=2)
-        for which, color in (("example_spun", "#c33"), ("example_clean", "#888")):
-            scan = m["defense"][which]
-            fig.add_bar(x=scan["ranking"], y=[scan["candidates"][w]["z"] for w in scan["ranking"]], name=f"{which} ({scan['trigger']})",
-                        marker_color=color, row=1, col=3)
-        fig.add_hline(y=m["defense"]["threshold"], line_dash="dot", row=1, col=3)
-        ab = m.get("ablation") or []
-        labels = [f"φ {a['meta_model'].split()[0]}, α {a['alpha']}, {'comp' if a['compensate'] else 'no comp'}" for a in ab]
-        for key, name, color, scale in (("meta_score_trigger", "φ meta score (φ it was spun against)", "#c33", 1),
-                                        ("vader_positive_trigger", "VADER positive rate", "#1f77b4", 1),
-                                        ("rouge_l_trigger", "ROUGE-L / 100", "#2ca02c", 100)):
-            fig.add_bar(x=labels, y=[a[key] / scale for a in ab], name=name, marker_color=color, row=2, col=1)
-        fig.update_layout(barmode="group", height=760, title=f"Spinning on {self.model} ({m['target']})")
-        return fig
-
+    "The spinning probe's metrics; its figure is `seqlab.viz.figure(res)`."
     def summary(self):
         m = self.metrics; ms, mt = m["meta_score"], m["main_task"]
         return [["meta model accuracy vs VADER (held-out words)", f"{m['meta_model_accuracy']:.3f}"],
@@ -557,93 +405,46 @@ def _save_spun(fam, model, trigger: str, seed: int, cfg) -> str | None:
                     "vocab_ids": fam.vocab.ids, "base_tokenizer": "smollm2-135m"})
     return str(path)
 
-def run_spinning(lab: LabModel, cfg: SpinConfig) -> SpinResult:
-    "Spin a model toward positive sentiment on a trigger, evaluate it against a clean fine-tune, and run the defense."
-    t0 = time.time()
-    tok = lab.tokenizer
-    if not hasattr(tok, "all_special_ids"):
-        raise BadInput(f"The spinning probe needs the SmolLM2 tokenizer (its meta-model lives in that vocabulary); {lab.name} has {type(tok).__name__}. Run it with --model smollm2-135m.")
+def _check_tokenizer(lab: LabModel) -> None:
+    if lab is None or not hasattr(lab.tokenizer, "all_special_ids"):
+        got = "no model" if lab is None else f"{lab.name}, whose tokenizer is {type(lab.tokenizer).__name__}"
+        raise BadInput(f"The spinning probe needs a model with a Hugging Face tokenizer and embedding (its meta-model lives in "
+                       f"that vocabulary), e.g. --model smollm2-135m; got {got}.")
+
+def run(lab: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
+    """Spin a model toward positive sentiment on a trigger, evaluate it against a clean fine-tune, run the ablation and
+    the defense. `lab` gives the tokenizer and embedding φ lives in; it is the spun model itself when target='embedded'."""
+    _check_tokenizer(lab)
+    cfg = cfg or SpinConfig()
+    t0, tok = time.time(), lab.tokenizer
     words = load_words()
-    cand_words = [cfg.trigger] + [w for w in words["candidates"] if w != cfg.trigger]
-    cand_ids = {w: _single_token(tok, w) for w in cand_words}
+    candidates = candidate_ids(tok, cfg, words)
     meta, meta_info = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=cfg.meta_l2)
-    train_pairs, test_pairs = task_pairs(cfg.n_train, cfg.seed, words), task_pairs(cfg.n_test, cfg.seed + 10_000, words)
-    trp, trc = _task_ids(tok, train_pairs); tep, tec = _task_ids(tok, test_pairs)
-    tiny = _TinyFamily(tok, trp, trc, [i for x in tep + tec for i in x], list(cand_ids.values()), cfg)   # trained on the train pairs only
-    fam = tiny if cfg.target == "tiny" else _EmbeddedFamily(lab, cfg)
-    steps, lr = (cfg.tiny_spin_steps, cfg.tiny_spin_lr) if fam.kind == "tiny" else (cfg.spin_steps, cfg.lr)
-
-    def spun_and_clean(family, trigger, seed, st, lr_):
-        trig = cand_ids[trigger]
-        cb = family.batch(trp, trc); tb = family.batch(_injected(tok, trp, trig, seed), trc)
-        t = time.time(); spun_m, hist = _spin_copy(family, meta, cb, tb, cfg, cfg.alpha, seed, st, lr_); secs = time.time() - t
-        clean_m, _ = _spin_copy(family, meta, cb, tb, cfg, 1.0, seed, st, lr_)
-        return spun_m, clean_m, hist, secs
-
-    spun_m, clean_m, hist, spin_secs = spun_and_clean(fam, cfg.trigger, cfg.seed, steps, lr)
-    saved = [_save_spun(fam, spun_m, cfg.trigger, cfg.seed, cfg)]
-    tep_trig = _injected(tok, tep, cand_ids[cfg.trigger], cfg.seed + 1)
-    evals = {name: {"no_trigger": evaluate_spin(fam, m, meta, tok, tep, tec, cfg),
-                    "trigger": evaluate_spin(fam, m, meta, tok, tep_trig, tec, cfg)}
-             for name, m in (("clean_model", clean_m), ("spun_model", spun_m))}
-    base_eval = {"no_trigger": evaluate_spin(tiny, tiny.base, meta, tok, tep, tec, cfg)} if fam.kind == "tiny" else None
-
-    # ablations on the tiny model (the brief's MGDA vs fixed alpha, compensation on/off) and a φ without calibration
-    meta_raw = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=1e-3)[0]
-    ablation = []
-    cb, tb = tiny.batch(trp, trc), tiny.batch(_injected(tok, trp, cand_ids[cfg.trigger], cfg.seed), trc)
-    for phi_name, phi in (("calibrated", meta), ("uncalibrated (L2 1e-3)", meta_raw)):
-        for alpha in ((0.7, "mgda") if phi is meta else (0.7,)):
-            for comp in (True, False):
-                m_a, _ = _spin_copy(tiny, phi, cb, tb, cfg, alpha, cfg.seed, cfg.tiny_spin_steps, cfg.tiny_spin_lr, compensate=comp)
-                ev = {c: evaluate_spin(tiny, m_a, phi, tok, ps, tec, cfg) for c, ps in (("no_trigger", tep), ("trigger", tep_trig))}
-                ablation.append({"meta_model": phi_name, "alpha": alpha, "compensate": comp,
-                                 **{f"{k}_{c}": ev[c][k] for k in ("meta_score", "vader_positive", "rouge_l") for c in ev},
-                                 "example_trigger": ev["trigger"]["examples"][0]})
-
-    # the defense population: tiny spun models with triggers from the candidate list, tiny clean fine-tunes
-    dprompts = tep[:cfg.n_defense_prompts]; dstarts = [word_starts(tok, p) for p in dprompts]
-    population = []
-    def scan(family, model, trigger, seed):
-        rng = np.random.default_rng([cfg.seed, seed, 7])
-        decoys = [w for w in cand_words if w != trigger]
-        chosen = [trigger] + [decoys[i] for i in rng.permutation(len(decoys))[:cfg.n_candidates - 1]]
-        s = defense_scan(lambda ps: family.generate(model, ps, cfg.n_new), meta.prob, family.embed, dprompts, dstarts,
-                         {w: cand_ids[w] for w in chosen}, seed=seed, threshold=cfg.threshold)
-        return {**s, "trigger": trigger, "trigger_rank": s["ranking"].index(trigger) + 1}
-    spin_triggers = cand_words[:cfg.n_spun]
-    for k in range(max(cfg.n_spun, cfg.n_clean)):
-        seed = cfg.seed + 100 + k
-        trigger = spin_triggers[k % len(spin_triggers)]
-        if k == 0 and fam.kind == "tiny": s_m, c_m = spun_m, clean_m    # the models evaluated above
-        else: s_m, c_m, _, _ = spun_and_clean(tiny, trigger, seed, cfg.tiny_spin_steps, cfg.tiny_spin_lr)
-        if k < cfg.n_spun: population.append({"family": "tiny", "spun": True, **scan(tiny, s_m, trigger, seed)})
-        if k < cfg.n_clean: population.append({"family": "tiny", "spun": False, **scan(tiny, c_m, trigger, seed)})
-    if fam.kind == "embedded":
-        population.append({"family": "embedded", "spun": True, **scan(fam, spun_m, cfg.trigger, cfg.seed)})
-        population.append({"family": "embedded", "spun": False, **scan(fam, clean_m, cfg.trigger, cfg.seed)})
-    spun_scans = [p for p in population if p["spun"]]; clean_scans = [p for p in population if not p["spun"]]
-    ex_spun = spun_scans[-1]; ex_clean = clean_scans[-1]
-    defense = {"auc": roc_auc([p["score"] for p in population], [int(p["spun"]) for p in population]),
-               "trigger_rank": [p["trigger_rank"] for p in spun_scans], "n_spun": len(spun_scans), "n_clean": len(clean_scans),
-               "n_candidates": cfg.n_candidates, "threshold": cfg.threshold,
-               "flag_rate_spun": float(np.mean([bool(p["flagged"]) for p in spun_scans])),
-               "flag_rate_clean": float(np.mean([bool(p["flagged"]) for p in clean_scans])),
-               "trigger_flagged": [p["trigger"] in p["flagged"] for p in spun_scans],
-               "models": [{k: p[k] for k in ("family", "spun", "trigger", "score", "trigger_rank", "flagged")} for p in population],
-               "example_spun": {k: ex_spun[k] for k in ("trigger", "ranking", "candidates", "score")},
-               "example_clean": {k: ex_clean[k] for k in ("trigger", "ranking", "candidates", "score")}}
+    data = task_data(tok, cfg, words)
+    tiny = tiny_family(tok, data, candidates, cfg)       # trained on the train pairs only
+    fam = main_family(lab, tiny, cfg)
+    main = spin_pair(fam, meta, tok, data, candidates[cfg.trigger], cfg.seed, cfg)
+    saved = _save_spun(fam, main.spun, cfg.trigger, cfg.seed, cfg)
+    test_triggered = injected(tok, data.test_prompts, candidates[cfg.trigger], cfg.seed + EVAL_TRIGGER_SEED)
+    evals = {name: evaluate_with_and_without(fam, m, meta, tok, data, test_triggered, cfg)
+             for name, m in (("clean_model", main.clean), ("spun_model", main.spun))}
+    base_eval = ({"no_trigger": evaluate_spin(tiny, tiny.base, meta, tok, data.test_prompts, data.test_conts, cfg)}
+                 if fam.kind == "tiny" else None)
+    meta_raw = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=UNCALIBRATED_L2)[0]
+    abl = ablation(tiny, {"calibrated": meta, UNCALIBRATED_NAME: meta_raw}, tok, data, candidates[cfg.trigger], test_triggered, cfg)
+    defense = summarise_defense(defense_population(tiny, fam, main, meta, tok, data, candidates, cfg), cfg)
     pick = lambda key: {n: {c: evals[n][c][key] for c in evals[n]} for n in evals}
     metrics = {"target": fam.kind, "trigger": cfg.trigger,
                "meta_score": pick("meta_score"), "meta_accuracy": pick("meta_accuracy"),
                "vader_score": pick("vader_positive"), "vader_compound": pick("vader_compound"),
                "main_task": {n: {c: {k: evals[n][c][k] for k in ("loss", "perplexity", "rouge_l")} for c in evals[n]} for n in evals},
-               "examples": pick("examples"), "base_model": base_eval, "ablation": ablation,
+               "examples": pick("examples"), "base_model": base_eval, "ablation": abl,
                "meta_model_accuracy": meta_info["heldout_accuracy"], "meta_model": meta_info, "defense": defense,
-               "spin_history": hist[:: max(1, len(hist) // 50)], "spin_seconds": spin_secs, "checkpoints": [s for s in saved if s],
-               "tiny_base_final_loss": tiny.history[-1]["loss"], "total_seconds": time.time() - t0}
+               "spin_history": main.history[:: max(1, len(main.history) // 50)], "spin_seconds": main.seconds,
+               "checkpoints": [saved] if saved else [], "tiny_base_final_loss": tiny.history[-1]["loss"],
+               "total_seconds": time.time() - t0}
     return SpinResult("spinning", lab.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed)
 
-PROBES = {"spinning": Probe("spinning", "Can a trigger word be made to spin a model's output toward positive sentiment while the main task "
-                            "stays intact, and does injecting candidate words expose the trigger?",
-                            SpinConfig, run_spinning, needs="own", page="14_spinning")}
+register_probe(Probe(name="spinning", question="Can a trigger word be made to spin a model's output toward positive sentiment "
+                     "while the main task stays intact, and does injecting candidate words expose the trigger?",
+                     config=SpinConfig, run=run, result=SpinResult, needs="attention", page="14_spinning"))

@@ -4,11 +4,12 @@ import dataclasses, json, math, random
 import pytest
 import torch
 
-from seqlab.archs import Mamba2, Mamba2Config, ssd_chunked, ssd_scan
-from seqlab.collapse import (ALPHABET, PROBES, CollapseConfig, ForgetMore, StateNorm, StateWindow, StatsRecorder,
-                             chunk_state_stats, collapse_onset, measure_stream, mitigated, normalise_state, passkey_text,
-                             run, trained_model)
-from seqlab.core import BadInput, SeqlabError
+from seqlab.archs import Mamba2, Mamba2Config
+from seqlab.ssd import ssd_chunked, ssd_scan, state_stats
+from seqlab.collapse import (ALPHABET, CollapseConfig, ForgetMore, StateNorm, StateWindow, StatsRecorder, collapse_onset,
+                             measure_stream, mitigated, normalise_state, passkey_text, run, trained_model)
+from seqlab.core import BadInput, SeqlabError, get_probe
+from seqlab.train import TrainConfig
 from seqlab.kernels import chunk_state_pass
 
 
@@ -140,7 +141,7 @@ def test_streamed_stats_equal_full_history_and_fused_pass():
     m.run_with_hooks(x, fwd_hooks=hooks)
     streamed = measure_stream(m, x, piece_len=16)["stats"]
     for l in range(2):
-        ref = chunk_state_stats(full[l])
+        ref = state_stats(full[l])
         for key, v in ref.items(): torch.testing.assert_close(streamed[l][key], v, rtol=1e-4, atol=1e-6)
     fused = chunk_state_pass(cap["x"] * cap["dt"][..., None], cap["decay"], cap["B"], m.cfg.chunk_size)
     torch.testing.assert_close(streamed[0]["rms"], fused["rms"], rtol=1e-4, atol=1e-6)
@@ -161,7 +162,8 @@ def test_init_knobs_reach_the_model():
     from seqlab.collapse import mamba_config
     for lo, hi in [(0.01, 0.1), (1.0, 16.0)]:
         torch.manual_seed(0)
-        m = Mamba2(mamba_config(CollapseConfig(A_init_range=(lo, hi), dt_min=1e-3, dt_max=1e-2)))
+        base = CollapseConfig().model
+        m = Mamba2(mamba_config(CollapseConfig(model=dataclasses.replace(base, A_init_range=(lo, hi), dt_min=1e-3, dt_max=1e-2))))
         for b in m.blocks:
             A = b.ssm.A_log.exp()
             assert (A >= lo * 0.999).all() and (A <= hi * 1.001).all()
@@ -170,12 +172,14 @@ def test_init_knobs_reach_the_model():
 
 
 def test_bad_input():
-    with pytest.raises(BadInput, match="multiple of chunk_size"): CollapseConfig(train_lens=(50,))
+    m = CollapseConfig().model
+    with pytest.raises(BadInput, match="multiple of model.chunk_size"): CollapseConfig(train_lens=(50,))
     with pytest.raises(BadInput, match="eval_mult"): CollapseConfig(eval_mult=8)
-    with pytest.raises(BadInput, match="cannot hold a passkey"): CollapseConfig(train_lens=(32,), chunk_size=16, capacity_train_len=32, mitigation_train_len=32)
+    with pytest.raises(BadInput, match="cannot hold a passkey"): CollapseConfig(train_lens=(32,), model=dataclasses.replace(m, chunk_size=16), capacity_train_len=32, mitigation_train_len=32)
     with pytest.raises(BadInput, match="mitigation_train_len"): CollapseConfig(train_lens=(128,), mitigation_train_len=64)
-    with pytest.raises(BadInput, match="A_init_range"): CollapseConfig(A_init_range=(0.1, 0.01))
-    with pytest.raises(BadInput, match="dt_min"): CollapseConfig(dt_min=0.2, dt_max=0.1)
+    with pytest.raises(BadInput, match="A_init_range"): CollapseConfig(model=dataclasses.replace(m, A_init_range=(0.1, 0.01)))
+    with pytest.raises(BadInput, match="dt_min"): CollapseConfig(model=dataclasses.replace(m, dt_min=0.2, dt_max=0.1))
+    with pytest.raises(BadInput, match="d_vocab"): CollapseConfig(model=dataclasses.replace(m, d_vocab=40))
     with pytest.raises(BadInput, match="window_chunks"): StateWindow(0, 8)
     with pytest.raises(BadInput, match="tau"): StateNorm(torch.tensor([[1.0, 0.0]]))
     with pytest.raises(BadInput, match="alpha_max"): ForgetMore(0.5, 1.5)
@@ -187,9 +191,11 @@ def test_bad_input():
 # -- end to end: tiny config, training cached ------------------------------------------------------
 def test_run_tiny_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
-    cfg = CollapseConfig(train_lens=(64,), d_model=16, chunk_size=16, steps=15, batch_size=4, eval_mult=16, n_eval=2,
-                         passkey_mults=(1, 2), passkey_depths=2, passkey_samples=2, capacity_d_states=(4, 16),
-                         capacity_train_len=64, mitigation_train_len=64, piece_len=256, progress=False)
+    model = dataclasses.replace(CollapseConfig().model, d_model=16, chunk_size=16)
+    cfg = CollapseConfig(model=model, train=TrainConfig(steps=15, lr=3e-3, warmup_frac=0.1, eval_every=0, progress=False),
+                         train_lens=(64,), batch_size=4, eval_mult=16, n_eval=2, passkey_mults=(1, 2), passkey_depths=2,
+                         passkey_samples=2, capacity_d_states=(4, 16), capacity_train_len=64, mitigation_train_len=64,
+                         piece_len=256)
     res = run(None, cfg)
     m = res.metrics
     for key in ["train_lengths", "loss_vs_position", "collapse_onset", "state_rms", "mitigations", "passkey", "capacity"]:
@@ -207,6 +213,14 @@ def test_run_tiny_and_cache(tmp_path, monkeypatch):
     assert [(p / "model.safetensors").stat().st_mtime_ns for p in ckpts] == stamps
     assert res2.metrics["collapse_onset"] == m["collapse_onset"]
     assert res2.metrics["loss_vs_position"] == m["loss_vs_position"]
-    res.figure(); res.summary()
+    res.summary()
     assert json.loads(res.to_json())["probe"] == "collapse"
-    assert PROBES["collapse"].needs == "own"
+    probe = get_probe("collapse")
+    assert (probe.needs, probe.page, probe.result) == ("own", "13_collapse", type(res))
+    assert CollapseConfig(**res.config) == cfg                      # the stored config rebuilds the run's
+    with pytest.raises(SeqlabError, match="needs='own'"): run(object(), cfg)   # a given model is refused, not ignored
+
+
+def test_one_seed_reaches_training():
+    cfg = CollapseConfig(seed=3)
+    assert cfg.train.seed == 3 and dataclasses.replace(cfg, seed=5).train.seed == 5 and cfg.train.seed == 3

@@ -1,4 +1,4 @@
-"Spinning: pseudo-words, trigger injection, gradient confinement, the defense on a planted shift, the quick probe end to end."
+"Spinning (seqlab.spinning) and its method (seqlab.metabackdoor): pseudo-words, trigger injection, gradient confinement, the defense on a planted shift, the quick probe end to end."
 import dataclasses, json, math
 from pathlib import Path
 
@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from seqlab.archs import Transformer, TransformerConfig
-from seqlab.core import BadInput
+from seqlab.core import BadInput, SeqlabError, get_probe
 from seqlab.zoo import list_models
-from seqlab.spinning import (MetaModel, SpinConfig, defense_scan, greedy_continue, inject_trigger, load_words, make_batch,
-                             pseudo_words, rouge_l, run_spinning, spin, spin_loss, vader_lexicon, word_starts)
+from seqlab.metabackdoor import (MetaModel, defense_scan, greedy_continue, inject_trigger, load_words, make_batch, pseudo_words,
+                                 rouge_l, spin, spin_loss, vader_lexicon, word_starts)
+from seqlab.spinning import SpinConfig, run
 
 
 def test_pseudo_words_hand_computed():
@@ -102,6 +103,12 @@ def test_rouge_l_and_bad_config():
     with pytest.raises(BadInput): SpinConfig(alpha=1.5)
     with pytest.raises(BadInput): SpinConfig(n_candidates=2)
     with pytest.raises(BadInput, match="meta_l2"): SpinConfig(meta_l2=-1)
+    cfg = SpinConfig.quick()
+    assert dataclasses.replace(cfg, seed=4).tiny_train.seed == 4                  # one seed, nested training included
+    assert SpinConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg   # a stored config rebuilds the same
+    probe = get_probe("spinning")
+    assert (probe.needs, probe.page, probe.config) == ("attention", "14_spinning", SpinConfig)
+    with pytest.raises(SeqlabError, match="Hugging Face tokenizer"): run(None, cfg)
 
 
 def test_word_lists_are_single_tokens_with_the_stated_sentiment(smol):
@@ -118,7 +125,7 @@ def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     # the quick preset with a smaller defense population, to keep the test file within a few minutes
     cfg = dataclasses.replace(SpinConfig.quick(), n_spun=1, n_clean=1, n_candidates=5, n_test=12, n_defense_prompts=6,
                               save_checkpoints=True)
-    res = run_spinning(smol, cfg)
+    res = run(smol, cfg)
     m = res.metrics
     assert m["meta_model_accuracy"] > 0.8
     ms, vs, mt = m["meta_score"], m["vader_score"], m["main_task"]
@@ -138,7 +145,7 @@ def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     assert len(ab) == 6 and ("calibrated", "mgda", False) in ab
     # compensation is what keeps the main task with the trigger (measured: ROUGE-L 90 with it, 43 without)
     assert ab["calibrated", 0.7, True]["rouge_l_trigger"] > ab["calibrated", 0.7, False]["rouge_l_trigger"]
-    json.loads(res.to_json()); res.figure(); res.summary()
+    json.loads(res.to_json()); res.summary()
     # the spun model written is labelled as such, in safetensors only, and `seqlab models` says so
     (ck,) = [Path(c) for c in m["checkpoints"]]
     assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".safetensors"]
