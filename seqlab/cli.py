@@ -170,6 +170,7 @@ def _site_cells(nb):
     nb.cells = cells
     return nb
 
+# %% ../nbs/30_cli.ipynb #c016
 def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None = None, execute: bool = True,
                        timeout: int = 1800) -> Path:
     "Process the notebooks with nbdev, execute them, and write an offline HTML preview with an index."

@@ -15,10 +15,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .core import BadInput, Result, all_probes, get_probe
+# every probe module registers its probes when imported; viz draws them all, so it imports them all (in the lab's order)
+from . import icl_regression, icll, heads, verbatim, collapse, spinning  # noqa: F401
 
 # %% auto #0
-__all__ = ['FIGURES', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure', 'AttentionExplorer',
-           'ResultExplorer', 'SurprisalExplorer', 'StateExplorer', 'SpinExplorer']
+__all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'pattern_figure',
+           'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure', 'icl_regression_figure', 'icll_figure',
+           'induction_figure', 'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure',
+           'spinning_figure', 'AttentionExplorer', 'ResultExplorer', 'SurprisalExplorer', 'StateExplorer',
+           'SpinExplorer']
 
 # %% ../nbs/20_viz.ipynb #c007
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -84,6 +89,266 @@ def figure(res: Result) -> go.Figure | None:
     "The figure of a probe result (None for a probe that draws none)."
     fn = FIGURES.get(res.probe)
     return fn(res) if fn is not None else None
+
+# %% ../nbs/20_viz.ipynb #f-icl_regression
+ICL_REGRESSION_COLORS = {"transformer": "#1f77b4", "least_squares": "#ff7f0e", "ridge": "#bcbd22", "3nn": "#2ca02c",
+                         "averaging": "#d62728", "lsa": "#9467bd", "lsa_closed_form": "#8c564b"}
+
+def icl_regression_figure(res) -> go.Figure:
+    "Error vs in-context examples with bootstrap bands (left); last-query error in distribution vs skewed Λ′ (right)."
+    m, d = res.metrics, res.config["d"]
+    fig = make_subplots(1, 2, subplot_titles=("error vs in-context examples (Λ = I)", "last-query error: Λ = I vs skewed Λ′"))
+    for name, curve in m["error_curve"].items():
+        c = ICL_REGRESSION_COLORS.get(name, "gray"); k = list(range(len(curve)))
+        lo, hi = m["error_band"][name]
+        fig.add_trace(go.Scatter(x=k + k[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.15,
+                                 line=dict(width=0), showlegend=False, hoverinfo="skip"), 1, 1)
+        fig.add_trace(go.Scatter(x=k, y=curve, name=name, line=dict(color=c), legendgroup=name), 1, 1)
+    names = list(m["shift"])
+    fig.add_trace(go.Bar(x=names, y=[m["in_distribution"][n] for n in names], name="Λ = I (train)", marker_color="#7f7f7f"), 1, 2)
+    fig.add_trace(go.Bar(x=names, y=[m["shift"][n] for n in names], name="skewed Λ′", marker_color="#e377c2"), 1, 2)
+    fig.add_vline(x=d, line=dict(dash="dot", color="gray"), row=1, col=1)
+    fig.update_xaxes(title_text="in-context examples k", row=1, col=1)
+    fig.update_yaxes(title_text="squared error / d", row=1, col=1)
+    fig.update_yaxes(title_text="squared error / d", type="log", row=1, col=2)
+    fig.update_layout(height=480, title=f"In-context linear regression, d = {d} "
+                                        f"(LSA gap to closed form {m['lsa_closed_form_gap']:.3f})")
+    return fig
+
+FIGURES["icl-regression"] = icl_regression_figure
+
+# %% ../nbs/20_viz.ipynb #f-icll
+ICLL_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+
+ICLL_BASELINE_DASH = {"1gram": "dot", "2gram": "dashdot", "3gram": "dash"}
+
+def icll_figure(res) -> go.Figure:
+    "Test accuracy vs training instances with the n-gram baselines (left); accuracy vs position at the largest size (right)."
+    m = res.metrics
+    fig = make_subplots(1, 2, subplot_titles=("test accuracy vs training instances", "accuracy vs position (largest size)"))
+    for i, (name, accs) in enumerate(m["accuracy_by_size"].items()):
+        color = ICLL_COLORS[i % len(ICLL_COLORS)]
+        fig.add_trace(go.Scatter(x=m["train_sizes"], y=accs, name=name, mode="lines+markers", legendgroup=name,
+                                 line=dict(color=color)), 1, 1)
+        fig.add_trace(go.Scatter(y=m["accuracy_by_position"][name], name=name, legendgroup=name, showlegend=False,
+                                 line=dict(color=color)), 1, 2)
+    for name, b in m["baselines"].items():
+        dash = ICLL_BASELINE_DASH.get(name, "dot")
+        fig.add_hline(y=b["accuracy"], line=dict(dash=dash, color="gray"), annotation_text=f"in-context {name}", row=1, col=1)
+        fig.add_trace(go.Scatter(y=m["baseline_accuracy_by_position"][name], name=f"in-context {name}",
+                                 line=dict(dash=dash, color="gray")), 1, 2)
+    if "zero_shot" in m:
+        fig.add_trace(go.Scatter(y=m["zero_shot"]["accuracy_by_position"], name=f"{res.model} zero-shot (letters)",
+                                 line=dict(color="black")), 1, 2)
+    fig.update_xaxes(type="log", title_text="training instances", row=1, col=1)
+    fig.update_xaxes(title_text="position in instance (symbols)", row=1, col=2)
+    fig.update_yaxes(title_text="greedy-validity accuracy", range=[0, 1.02])
+    fig.update_layout(height=480, title="In-context language learning (REGBENCH-style); oracle = 1")
+    return fig
+
+FIGURES["icll"] = icll_figure
+
+# %% ../nbs/20_viz.ipynb #f-heads
+def _head_grid_trace(scores, score_name: str, shared_scale: bool = True) -> go.Heatmap:
+    "The heatmap of `head_grid_figure(scores)`, ready to sit in a subplot (on the figure's shared 0..1 colour axis)."
+    trace = head_grid_figure(scores, score_name=score_name).data[0]
+    if shared_scale: trace.update(coloraxis="coloraxis", colorscale=None, zmin=None, zmax=None, colorbar=None)
+    return trace
+
+def _label_head_axes(fig, row: int, col: int):
+    fig.update_xaxes(title_text="head", row=row, col=col); fig.update_yaxes(title_text="layer", row=row, col=col)
+
+def induction_figure(res) -> go.Figure:
+    "Induction and previous-token score of every head, side by side, on one 0..1 colour scale."
+    m = res.metrics
+    grids = {"induction score": m["induction_scores"], "previous-token score": m["prev_token_scores"]}
+    fig = make_subplots(1, 2, subplot_titles=list(grids), horizontal_spacing=0.12)
+    for c, (name, z) in enumerate(grids.items(), 1):
+        fig.add_trace(_head_grid_trace(z, name), 1, c); _label_head_axes(fig, 1, c)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=520,
+                      title=f"Induction on {res.model}: loss {m['loss_first_copy']:.2f} nats on the first copy, "
+                            f"{m['loss_second_copy']:.2f} on the second")
+    return fig
+
+def successor_figure(res) -> go.Figure:
+    "Pooled succession score of every head (ranking extended embedding), and the best head's score per subtask vs chance."
+    m = res.metrics; b = m["best"]
+    fig = make_subplots(1, 2, subplot_titles=(f"succession score ({m['ext']}, within-task argmax, pooled)",
+                                              f"best head L{b['layer']}H{b['head']}: per subtask"),
+                        column_widths=[0.45, 0.55], horizontal_spacing=0.15)
+    grid = _head_grid_trace(m["scores"][m["ext"]]["pooled"], "succession score", shared_scale=False)
+    grid.update(zmin=0, zmax=1, colorbar=dict(x=0.42))
+    fig.add_trace(grid, 1, 1); _label_head_axes(fig, 1, 1)
+    pt = m["per_task"]
+    fig.add_trace(go.Bar(x=list(pt), y=[v["score"] for v in pt.values()], name="score"), 1, 2)
+    fig.add_trace(go.Scatter(x=list(pt), y=[v["chance"] for v in pt.values()], mode="markers", name="chance"), 1, 2)
+    fig.update_layout(height=520, title=f"Successor heads on {res.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
+    return fig
+
+def ngram_figure(res) -> go.Figure:
+    "n-gram head scores per n (rows: SmolLM2 on DFA letters, on repeated words, the icll-trained Transformer), and the n-gram layer's effect."
+    m = res.metrics; ns = m["ns"]; tr = m.get("trained")
+    rows = [(m["scores"]["dfa"], f"{res.model}, DFA letters"), (m["scores"]["words"], f"{res.model}, repeated words")]
+    if tr: rows.append((tr["scores"], f"{tr['model']}, held-out REGBENCH"))
+    extra = bool(m["ngram_layer"])
+    specs = [[{}] * len(ns) for _ in rows] + ([[{"colspan": len(ns)}] + [None] * (len(ns) - 1)] if extra else [])
+    titles = [f"{label}, n={n} ({n + 1}-gram)" for _, label in rows for n in ns]
+    if extra: titles.append("icll accuracy of recurrent models without / with hard-wired n-gram layers")
+    fig = make_subplots(len(specs), len(ns), specs=specs, subplot_titles=titles, vertical_spacing=0.08)
+    for r, (scores, _) in enumerate(rows, 1):
+        z = np.array(scores)                                              # [layer, head, n]
+        for c in range(len(ns)): fig.add_trace(_head_grid_trace(z[:, :, c], f"n={ns[c]} score"), r, c + 1)
+    if extra:
+        archs = list(m["ngram_layer"])
+        for k, color in (("without", "#7f7f7f"), ("with", "#2ca02c")):
+            fig.add_trace(go.Bar(x=archs, y=[m["ngram_layer"][a][k] for a in archs], name=f"{k} n-gram layers",
+                                 marker_color=color), len(specs), 1)
+        fig.update_yaxes(range=[0, 1], title_text="accuracy", row=len(specs), col=1)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=300 * len(specs), barmode="group",
+                      title=f"n-gram head scores (x head, y layer) on {res.model}" + (" and an icll-trained Transformer" if tr else ""))
+    return fig
+
+FIGURES["induction"] = induction_figure
+FIGURES["successor"] = successor_figure
+FIGURES["ngram"] = ngram_figure
+
+# %% ../nbs/20_viz.ipynb #f-verbatim
+VERBATIM_COLORS = {"repeat": "#1f77b4", "permute": "#ff7f0e", "control": "#2ca02c"}   # one colour per second-list condition
+
+_POOL_DASH = {"arbitrary": "solid", "semantic": "dot"}
+
+_ARCH_DASH = {"Transformer": "solid", "LSTM": "dash"}
+
+def _ci_bars(cells: list[dict]) -> dict:
+    "Asymmetric error bars from median_ci records."
+    return dict(type="data", symmetric=False, array=[c["ci_high"] - c["median"] for c in cells],
+                arrayminus=[c["median"] - c["ci_low"] for c in cells])
+
+def _line(x, cells, name, cond, dash, showlegend=True) -> go.Scatter:
+    return go.Scatter(x=x, y=[c["median"] for c in cells], error_y=_ci_bars(cells), name=name, legendgroup=name,
+                      showlegend=None if showlegend else False, line=dict(color=VERBATIM_COLORS.get(cond), dash=dash))
+
+def _embedded_traces(fig, m: dict, conditions) -> None:
+    "Row 1: by list length, by intervening tokens, per position of the second list."
+    for lt, by_c in m["repeat_surprisal"].items():
+        for cond, by_n in by_c.items():
+            xs = sorted(by_n, key=int)
+            fig.add_trace(_line([int(x) for x in xs], [by_n[x] for x in xs], f"{lt} {cond}", cond, _POOL_DASH.get(lt)), 1, 1)
+    for lt, by_t in m.get("by_intervening_ci", {}).items():
+        toks = sorted(by_t, key=int)
+        for cond in conditions:
+            fig.add_trace(_line([int(t) for t in toks], [by_t[t][cond] for t in toks], f"{lt} {cond}", cond,
+                                _POOL_DASH.get(lt), showlegend=False), 1, 2)
+    for lt, by_c in m.get("per_position", {}).items():
+        for cond, pp in by_c.items():
+            fig.add_trace(_line(list(range(len(pp["second"]))), pp["second"], f"{lt} {cond}", cond, _POOL_DASH.get(lt),
+                                showlegend=False), 1, 3)
+    fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=1, col=2)
+    fig.update_yaxes(title_text="surprisal (nats)", row=1, col=3)
+    fig.update_xaxes(title_text="list length", row=1, col=1); fig.update_xaxes(title_text="intervening tokens", type="log", row=1, col=2)
+    fig.update_xaxes(title_text="noun position", row=1, col=3)
+
+def _architecture_traces(fig, m: dict) -> None:
+    "Row 2: the lab models by list length and by intervening key (medians), and their training loss."
+    for arch, by_c in m["architectures"].items():
+        dash = _ARCH_DASH.get(arch, "dot")
+        for cond, by_n in by_c.items():
+            xs = sorted(by_n, key=int)
+            fig.add_trace(go.Scatter(x=[int(x) for x in xs], y=[by_n[x] for x in xs], name=f"{arch} {cond}",
+                          legendgroup=f"{arch} {cond}", line=dict(color=VERBATIM_COLORS.get(cond), dash=dash)), 2, 1)
+        by_k = m["architectures_by_intervening"].get(arch, {})
+        ks = sorted(by_k, key=int)
+        for cond in by_c:
+            fig.add_trace(go.Scatter(x=[int(k) for k in ks], y=[by_k[k][cond] for k in ks], name=f"{arch} {cond}",
+                          legendgroup=f"{arch} {cond}", showlegend=False,
+                          line=dict(color=VERBATIM_COLORS.get(cond), dash=dash)), 2, 2)
+    for arch, inf in m["architectures_training"].items():
+        if "loss" not in inf: continue
+        fig.add_trace(go.Scatter(x=[s for s, _ in inf["loss"]], y=[l for _, l in inf["loss"]], name=f"{arch} loss",
+                      line=dict(color="black", dash=_ARCH_DASH.get(arch, "dot"))), 2, 3)
+    fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=1); fig.update_yaxes(title_text="repeat surprisal (%)", row=2, col=2)
+    fig.update_yaxes(title_text="loss (nats/token)", row=2, col=3)
+    fig.update_xaxes(title_text="list length", row=2, col=1); fig.update_xaxes(title_text="intervening key", row=2, col=2)
+    fig.update_xaxes(title_text="step", row=2, col=3)
+
+def verbatim_figure(res) -> go.Figure:
+    "Repeat surprisal by list length, by intervening length and per position; a second row for the lab models if present."
+    m, cfg = res.metrics, res.config
+    key, N = cfg.get("default_intervening", 1), cfg.get("sweep_list_length", 10)
+    archs = m.get("architectures", {})
+    titles = [f"by list length (intervening key {key})", f"by intervening length (N={N})", f"per position, second list (N={N})"]
+    if archs: titles += [f"architectures: by list length (arbitrary, key {key})", f"architectures: by intervening key (N={N})",
+                         "lab models: training loss"]
+    fig = make_subplots(rows=2 if archs else 1, cols=3, subplot_titles=titles, vertical_spacing=0.15)
+    _embedded_traces(fig, m, cfg["conditions"])
+    if archs: _architecture_traces(fig, m)
+    fig.update_layout(title=f"Verbatim memory: {res.model}", height=840 if archs else 420, width=1250)
+    return fig
+
+FIGURES["verbatim"] = verbatim_figure
+
+# %% ../nbs/20_viz.ipynb #f-collapse
+def collapse_figure(res) -> go.Figure:
+    "Loss vs position per training length, state RMS of the top heads, passkey heatmap, and the mitigations' loss curves."
+    m = res.metrics
+    T = m["mitigation_train_len"]
+    fig = make_subplots(2, 2, subplot_titles=("loss vs position (text; dashed: repeated character)",
+                                              f"state RMS per chunk, top heads (T={T})", f"passkey accuracy (T={T})",
+                                              f"mitigations (T={T})"),
+                        vertical_spacing=0.14, horizontal_spacing=0.1)
+    for t, pts in m["loss_vs_position"].items():
+        p = np.array(pts)
+        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], name=f"T={t}", mode="lines"), 1, 1)
+        d = np.array(m["degenerate"][t]["loss_vs_position"])
+        fig.add_trace(go.Scatter(x=d[:, 0], y=d[:, 1], name=f"T={t} repeated", mode="lines", line=dict(dash="dash")), 1, 1)
+    sr = m["state_rms"][str(T)]
+    for head, vals in sr["heads"].items():
+        fig.add_trace(go.Scatter(x=sr["chunk_end"], y=vals, name=head, mode="lines"), 1, 2)
+    pk = m["passkey"][str(T)]
+    fig.add_trace(go.Heatmap(z=pk["accuracy"], x=[str(x) for x in pk["lengths"]], y=[f"{d:.2f}" for d in pk["depths"]],
+                             zmin=0, zmax=1, colorscale="Viridis", showscale=False,
+                             hovertemplate="length %{x} depth %{y}: %{z:.2f}<extra></extra>"), 2, 1)
+    for name, v in m["mitigation_curves"].items():
+        p = np.array(v)
+        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], name=name, mode="lines"), 2, 2)
+    fig.update_xaxes(type="log", title_text="position", row=1, col=1); fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="position", row=1, col=2); fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="context length", row=2, col=1); fig.update_yaxes(title_text="needle depth", row=2, col=1)
+    fig.update_xaxes(type="log", title_text="position", row=2, col=2); fig.update_yaxes(title_text="loss (nats)", row=2, col=2)
+    fig.update_layout(height=850, title=f"State collapse in the lab's Mamba-2 models (S = {m['state_size']} elements)")
+    return fig
+
+FIGURES["collapse"] = collapse_figure
+
+# %% ../nbs/20_viz.ipynb #f-spinning
+def spinning_figure(res) -> go.Figure:
+    "Meta score and ROUGE-L of the clean and spun models with and without the trigger, the defense's candidate z, the ablation."
+    m = res.metrics
+    fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.16,
+                        subplot_titles=("meta score φ (mean p positive)", "ROUGE-L (main task)",
+                                        "defense: candidate z (spun vs clean model)",
+                                        "ablation on the tiny model, outputs with the trigger"))
+    for i, model in enumerate(["clean_model", "spun_model"]):
+        for cond, color in (("no_trigger", "#888"), ("trigger", "#c33")):
+            fig.add_bar(x=[model], y=[m["meta_score"][model][cond]], name=cond, marker_color=color, showlegend=i == 0,
+                        legendgroup=cond, row=1, col=1)
+            fig.add_bar(x=[model], y=[m["main_task"][model][cond]["rouge_l"]], marker_color=color, showlegend=False,
+                        legendgroup=cond, row=1, col=2)
+    for which, color in (("example_spun", "#c33"), ("example_clean", "#888")):
+        scan = m["defense"][which]
+        fig.add_bar(x=scan["ranking"], y=[scan["candidates"][w]["z"] for w in scan["ranking"]], name=f"{which} ({scan['trigger']})",
+                    marker_color=color, row=1, col=3)
+    fig.add_hline(y=m["defense"]["threshold"], line_dash="dot", row=1, col=3)
+    ab = m.get("ablation") or []
+    labels = [f"φ {a['meta_model'].split()[0]}, α {a['alpha']}, {'comp' if a['compensate'] else 'no comp'}" for a in ab]
+    for key, name, color, scale in (("meta_score_trigger", "φ meta score (φ it was spun against)", "#c33", 1),
+                                    ("vader_positive_trigger", "VADER positive rate", "#1f77b4", 1),
+                                    ("rouge_l_trigger", "ROUGE-L / 100", "#2ca02c", 100)):
+        fig.add_bar(x=labels, y=[a[key] / scale for a in ab], name=name, marker_color=color, row=2, col=1)
+    fig.update_layout(barmode="group", height=760, title=f"Spinning on {res.model} ({m['target']})")
+    return fig
+
+FIGURES["spinning"] = spinning_figure
 
 # %% ../nbs/20_viz.ipynb #c009
 class _Explorer:
