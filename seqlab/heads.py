@@ -6,32 +6,33 @@ Docs: https://seqlab.github.io/seqlab/heads.html.md"""
 
 # %% ../nbs/11_heads.ipynb #c003
 from __future__ import annotations
-import dataclasses, time
+import dataclasses, json, math, time
+from typing import Callable
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 from torch import Tensor
 
-from .capture import capture, token_surprisal
-from .core import BadInput, Probe, Result, seed_everything
-from .zoo import LabModel
+from .archs import CharTokenizer, Transformer, TransformerConfig, ngram_match
+from .capture import capture, run_with_hooks, token_surprisal
+from .core import BadInput, Probe, Result, check_needs, data_dir, get_probe, register_probe, seed_everything
+from .regbench import (ICLL_ARCHS, LETTERS, REGBENCH_PRESETS, SEP, ICLLModelsConfig, encode_instances, evaluate_icll,
+                       hopcroft_minimize, icll_data, icll_model, icll_tokenizer, random_dfa, sample_instance, trim)
+from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['PROBES', 'FORMS', 'EXT_KINDS', 'ICLL_PRESETS', 'InductionConfig', 'repeated_random_tokens', 'induction_scores',
-           'token_losses', 'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs',
-           'succession_pairs', 'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs',
-           'succession_scores', 'full_vocab_scores', 'shift_model', 'ov_pairs_for_ids', 'SuccessorConfig',
-           'mod10_probe', 'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss', 'SuccessorResult',
-           'run_successor', 'ngram_head_scores', 'regbench_texts', 'repeated_word_sequences', 'NgramConfig',
-           'NgramResult', 'trained_ngram_scan', 'icll_ngram', 'run_ngram']
-
-# %% ../nbs/11_heads.ipynb #c004
-__all__ = ["InductionConfig", "InductionResult", "repeated_random_tokens", "induction_scores", "token_losses",
-           "run_induction", "PROBES"]
+__all__ = ['INDUCTION_THRESHOLD', 'FORMS', 'N_ROMAN', 'EXT_KINDS', 'MODULUS', 'PROBE_LR', 'PROBE_WEIGHT_DECAY', 'STD_FLOOR',
+           'PATTERN_ITEMS', 'SUCCESSOR_THRESHOLD', 'COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'InductionConfig',
+           'repeated_random_tokens', 'induction_scores', 'token_losses', 'rank_heads', 'InductionResult',
+           'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids',
+           'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
+           'full_vocab_scores', 'shift_model', 'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success',
+           'incrementation_prompts', 'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure',
+           'best_head_ablation', 'SuccessorResult', 'run_successor', 'ngram_head_scores', 'regbench_texts',
+           'spaced_symbol_ids', 'repeated_word_sequences', 'NgramConfig', 'ngram_scan', 'rank_heads_by_n',
+           'icll_preset_name', 'icll_transformer_heads', 'ngram_layer_effect', 'icll_ngram', 'NgramResult', 'run_ngram']
 
 # %% ../nbs/11_heads.ipynb #c006
 @dataclasses.dataclass
@@ -40,7 +41,7 @@ class InductionConfig:
     n_seqs: int = 64
     seq_len: int = 128       # tokens per copy; the input is 2 x seq_len (+ BOS when the model has one)
     batch_size: int = 8
-    top_k: int = 10
+    top_k: int = 10          # heads listed in `top_heads`
     seed: int = 0
 
     @classmethod
@@ -58,6 +59,8 @@ def repeated_random_tokens(model: LabModel, n_seqs: int, seq_len: int, generator
     return toks
 
 # %% ../nbs/11_heads.ipynb #c009
+INDUCTION_THRESHOLD = 0.5   # a head counted in `n_heads_above_0.5` puts most of its attention on the induction target (our cut)
+
 def induction_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int, offset: int) -> tuple[Tensor, Tensor]:
     "Induction and previous-token scores `[batch, head]` for `[offset] r r` inputs with copies of length `seq_len`."
     q = torch.arange(offset + seq_len, offset + 2 * seq_len)
@@ -70,23 +73,16 @@ def token_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "
     "Next-token loss (nats); entry i is the loss of predicting token i+1 (capture's token surprisal without its empty first slot)."
     return token_surprisal(logits, tokens)[:, 1:]
 
+# %% ../nbs/11_heads.ipynb #c104
+def rank_heads(score: Float[Tensor, "layer head"]) -> list[dict]:
+    "Every head as {layer, head, score}, best first."
+    L, H = score.shape
+    return sorted([{"layer": l, "head": h, "score": score[l, h].item()} for l in range(L) for h in range(H)], key=lambda d: -d["score"])
+
 # %% ../nbs/11_heads.ipynb #c012
 @dataclasses.dataclass
 class InductionResult(Result):
     "Per-head induction and previous-token scores, and the loss on each copy."
-
-    def figure(self):
-        m = self.metrics
-        fig = make_subplots(1, 2, subplot_titles=("induction score", "previous-token score"), horizontal_spacing=0.12)
-        for c, key in enumerate(["induction_scores", "prev_token_scores"], 1):
-            z = np.array(m[key])
-            fig.add_trace(go.Heatmap(z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), coloraxis="coloraxis",
-                                     hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>"), 1, c)
-            fig.update_xaxes(title_text="head", row=1, col=c); fig.update_yaxes(title_text="layer", row=1, col=c)
-        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=520,
-                          title=f"Induction on {self.model}: loss {m['loss_first_copy']:.2f} nats on the first copy, "
-                                f"{m['loss_second_copy']:.2f} on the second")
-        return fig
 
     def summary(self):
         m = self.metrics
@@ -95,9 +91,10 @@ class InductionResult(Result):
         return rows
 
 # %% ../nbs/11_heads.ipynb #c013
-def run_induction(model: LabModel, cfg: InductionConfig = InductionConfig()) -> InductionResult:
+def run_induction(model: LabModel, cfg: InductionConfig | None = None) -> InductionResult:
     "Score every head for induction and previous-token attention on repeated random tokens."
-    if model.arch.kind != "attention": raise BadInput(f"The induction probe needs an attention model; {model.name} is {model.arch.kind}.")
+    cfg = cfg if cfg is not None else InductionConfig()
+    check_needs(get_probe("induction"), model)
     t0 = time.time()
     toks = repeated_random_tokens(model, cfg.n_seqs, cfg.seq_len, seed_everything(cfg.seed))
     offset = int(model.bos_token_id is not None)
@@ -113,32 +110,19 @@ def run_induction(model: LabModel, cfg: InductionConfig = InductionConfig()) -> 
     loss = cap["logits"].mean(0)                                  # [pos-1]: loss of predicting token i+1
     first = loss[offset:offset + L - 1].mean().item()             # predicting r_2..r_L from the first copy
     second = loss[offset + L:offset + 2 * L - 1].mean().item()    # predicting r_2..r_L in the second copy
-    flat = [{"layer": l, "head": h, "score": ind[l, h].item()} for l in range(ind.shape[0]) for h in range(ind.shape[1])]
-    top = sorted(flat, key=lambda d: -d["score"])[:cfg.top_k]
-    metrics = {"top_heads": top, "loss_first_copy": first, "loss_second_copy": second,
+    metrics = {"top_heads": rank_heads(ind)[:cfg.top_k], "loss_first_copy": first, "loss_second_copy": second,
                "induction_scores": ind, "prev_token_scores": prev, "loss_by_position": loss,
-               "n_heads_above_0.5": int((ind > 0.5).sum())}
+               f"n_heads_above_{INDUCTION_THRESHOLD}": int((ind > INDUCTION_THRESHOLD).sum())}
     return InductionResult("induction", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
-# %% ../nbs/11_heads.ipynb #c014
-PROBES = {"induction": Probe("induction", "Which heads copy in context: attend to the token after an earlier occurrence of the current token, and predict it?",
-                             InductionConfig, run_induction, needs="attention", page="heads")}
-
-# %% ../nbs/11_heads.ipynb #c019
-import math
-from typing import Callable
-
-__all__ += ["FORMS", "EXT_KINDS", "roman_numerals", "ordinal_tasks", "OrdinalPairs", "succession_pairs", "extended_embeddings",
-            "folded_unembed", "stacked_ov", "head_inputs", "ov_outputs", "succession_scores", "full_vocab_scores",
-            "shift_model", "ov_pairs_for_ids", "SuccessorConfig", "SuccessorResult", "mod10_probe", "arithmetic_success",
-            "incrementation_prompts", "head_ablation_dloss", "run_successor",
-            "ngram_head_scores", "regbench_texts", "repeated_word_sequences", "NgramConfig", "NgramResult", "run_ngram",
-            "ICLL_PRESETS", "trained_ngram_scan", "icll_ngram"]
+register_probe(Probe("induction", "Which heads copy in context: attend to the token after an earlier occurrence of the current token, and predict it?",
+                     InductionConfig, run_induction, InductionResult, needs="attention", page="11_heads"))
 
 # %% ../nbs/11_heads.ipynb #c021
 FORMS = ("space", "bare", "space_case", "bare_case")
+N_ROMAN = 20   # the reference's Roman-numeral task: I..XX
 
-def roman_numerals(n: int = 20) -> list[str]:
+def roman_numerals(n: int = N_ROMAN) -> list[str]:
     "Roman numerals for 1..n, generated (not typed) and checked to increase strictly when read back."
     if n < 1 or n > 3999: raise BadInput(f"Roman numerals exist for 1..3999; got n={n}.")
     table = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
@@ -158,12 +142,10 @@ def roman_numerals(n: int = 20) -> list[str]:
 
 def ordinal_tasks() -> dict[str, dict]:
     "The ordinal tasks: `{task: {'items': [...], 'wrap': bool}}` from data/successor/tasks.json plus generated Roman numerals."
-    import json
-    from seqlab.core import data_dir
     p = data_dir() / "successor" / "tasks.json"
     if not p.exists(): raise BadInput(f"The ordinal task lists are missing ({p}); restore data/successor/ from the repository.")
     tasks = json.loads(p.read_text())["tasks"]
-    tasks["roman"] = {"items": roman_numerals(20), "wrap": False}
+    tasks["roman"] = {"items": roman_numerals(), "wrap": False}
     return tasks
 
 def _form(item: str, form: str) -> str:
@@ -182,6 +164,13 @@ class OrdinalPairs:
     def table(self) -> list[dict]:
         "Kept and dropped pair counts per subtask (the published validity mask)."
         return [{"subtask": k, "kept": len(v["pairs"]), "dropped": v["dropped"], "tokens": len(v["ids"])} for k, v in self.subtasks.items()]
+
+    def token_info(self) -> dict[int, tuple[int, str]]:
+        "Each kept token id's 1-based index and task (from the first subtask it appears in)."
+        info = {}
+        for s in self.subtasks.values():
+            for t, v in zip(s["ids"], s["index"]): info.setdefault(t, (v, s["task"]))
+        return info
 
 def succession_pairs(encode: Callable[[str], list[int]], tasks: dict[str, dict], forms=FORMS) -> OrdinalPairs:
     "Keep the (t_i, t_{i+1}) pairs whose input and successor are single tokens under `encode`, per task and form."
@@ -205,6 +194,14 @@ def succession_pairs(encode: Callable[[str], list[int]], tasks: dict[str, dict],
     if kept == 0: raise BadInput("No ordinal pair is a pair of single tokens for this tokenizer; the succession score is undefined.")
     return OrdinalPairs(subtasks, kept, dropped)
 
+# %% ../nbs/11_heads.ipynb #c110
+def ov_pairs_for_ids(ids: list[int], wrap: bool = False) -> OrdinalPairs:
+    "One ordinal task given directly as token ids (for models without a word-level tokenizer)."
+    n = len(ids); steps = [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if wrap else [])
+    sub = {"task": "ids", "form": "ids", "ids": list(ids), "index": list(range(1, n + 1)),
+           "pairs": [(ids[i], ids[j], i + 1) for i, j in steps], "dropped": 0}
+    return OrdinalPairs({"ids/ids": sub}, len(steps), 0)
+
 # %% ../nbs/11_heads.ipynb #c027
 EXT_KINDS = ("reference", "mlp0", "mlp0_normed", "resid", "embed", "actual")
 
@@ -225,6 +222,7 @@ def extended_embeddings(model: LabModel, ids: Int[Tensor, "n"], kind: str = "mlp
     mlp0 = model.mlp(0)(model.ln2(0)(E))
     return (mlp0 if kind == "mlp0_normed" else E + mlp0)[None].float()
 
+# %% ../nbs/11_heads.ipynb #c113
 def _is_layernorm(norm) -> bool:
     return isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
 
@@ -235,10 +233,12 @@ def folded_unembed(model: LabModel, fold: bool = True) -> Float[Tensor, "d_model
     if not fold: return W_U
     norm = model.ln_final
     g = getattr(norm, "weight", None)
+    if g is None: g = getattr(norm, "w", None)                     # seqlab.archs norms call their gain `w`
     if g is not None: W_U = g.detach().float()[:, None] * W_U
     if _is_layernorm(norm): W_U = W_U - W_U.mean(0, keepdim=True)  # (x - mean x) . w == x . (w - mean w)
     return W_U
 
+# %% ../nbs/11_heads.ipynb #c116
 @torch.no_grad()
 def stacked_ov(model: LabModel) -> tuple[Float[Tensor, "layer head d_model d_head"], Float[Tensor, "layer head d_head d_model"]]:
     "W_V and W_O of every query head (GQA expanded by LabModel), stacked over layers."
@@ -294,7 +294,6 @@ def full_vocab_scores(out: Float[Tensor, "layer head n d_model"], W_U: Float[Ten
 # %% ../nbs/11_heads.ipynb #c031
 def shift_model(n_items: int = 10, d_model: int = 24, n_heads: int = 4, seed: int = 0) -> LabModel:
     "A 2-layer lab Transformer whose head L0H0 maps token i to token i+1 through its OV circuit; others are random."
-    from seqlab.archs import CharTokenizer, Transformer, TransformerConfig, as_lab_model
     if n_items + 2 > d_model: raise BadInput(f"n_items ({n_items}) + 2 must fit in d_model ({d_model}) for orthonormal embeddings.")
     g = torch.Generator().manual_seed(seed)
     alphabet = [chr(ord("a") + i) for i in range(n_items)] + ["|", "."]
@@ -317,13 +316,6 @@ def shift_model(n_items: int = 10, d_model: int = 24, n_heads: int = 4, seed: in
         A.out.weight.copy_(rearrange(W_O, "h d m -> m (h d)"))
     return as_lab_model(model, CharTokenizer(alphabet), "shift-model")
 
-def ov_pairs_for_ids(ids: list[int], wrap: bool = False) -> OrdinalPairs:
-    "One ordinal task given directly as token ids (for models without a word-level tokenizer)."
-    n = len(ids); steps = [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if wrap else [])
-    sub = {"task": "ids", "form": "ids", "ids": list(ids), "index": list(range(1, n + 1)),
-           "pairs": [(ids[i], ids[j], i + 1) for i, j in steps], "dropped": 0}
-    return OrdinalPairs({"ids/ids": sub}, len(steps), 0)
-
 # %% ../nbs/11_heads.ipynb #c036
 @dataclasses.dataclass
 class SuccessorConfig:
@@ -342,50 +334,58 @@ class SuccessorConfig:
     def quick(cls): return cls(compare=("reference", "mlp0", "actual"), full_vocab_top=5, probe_steps=150, n_prompts_per_task=4, run_len=4)
 
 # %% ../nbs/11_heads.ipynb #c038
+MODULUS = 10                 # the paper's feature: an item's index mod 10
+PROBE_LR = 1e-2              # Adam step size of the mod-10 probe (ours; it converges within probe_steps on standardised features)
+PROBE_WEIGHT_DECAY = 1e-2    # the probe's weight decay (ours)
+STD_FLOOR = 1e-6             # added to each feature's std so a constant feature does not divide by zero
+
 def _standardise(x, mu, sd): return (x - mu) / sd
 
 def mod10_probe(x: Float[Tensor, "n d"], index: Int[Tensor, "n"], group: list[str], steps: int = 300,
-                weight_decay: float = 1e-2, seed: int = 0) -> dict:
+                weight_decay: float = PROBE_WEIGHT_DECAY, seed: int = 0) -> dict:
     "Leave-one-task-out accuracy of a linear probe for index mod 10 (chance 0.1 when residues are balanced)."
-    y = index % 10
+    y = index % MODULUS
     groups = sorted(set(group)); g = np.array(group)
     acc = {}
     for held in groups:
         test = torch.tensor(g == held); train = ~test
-        if train.sum() < 10 or len(y[train].unique()) < 2: continue
-        mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+        if train.sum() < MODULUS or len(y[train].unique()) < 2: continue   # fewer training tokens than classes
+        mu, sd = x[train].mean(0), x[train].std(0) + STD_FLOOR
         torch.manual_seed(seed)
-        lin = torch.nn.Linear(x.shape[1], 10)
-        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=weight_decay)
+        lin = torch.nn.Linear(x.shape[1], MODULUS)
+        opt = torch.optim.Adam(lin.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
         xt = _standardise(x[train], mu, sd)
         for _ in range(steps):
             opt.zero_grad(); torch.nn.functional.cross_entropy(lin(xt), y[train]).backward(); opt.step()
         with torch.no_grad(): acc[held] = (lin(_standardise(x[test], mu, sd)).argmax(-1) == y[test]).float().mean().item()
-    return {"loto_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))) if acc else float("nan"), "chance": 0.1}
+    return {"loto_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))) if acc else float("nan"), "chance": 1 / MODULUS}
+
+# %% ../nbs/11_heads.ipynb #c123
+def residue_means(ext: Float[Tensor, "n d"], index: Int[Tensor, "n"], rows: torch.BoolTensor) -> Float[Tensor, "modulus d"]:
+    "Mean of `ext` over the `rows` whose index is r mod 10, for each residue r (NaN where no row has it)."
+    nan = torch.full((ext.shape[1],), float("nan"))
+    return torch.stack([ext[rows & (index % MODULUS == r)].mean(0) if (rows & (index % MODULUS == r)).any() else nan
+                        for r in range(MODULUS)])
 
 @torch.no_grad()
 def arithmetic_success(model: LabModel, layer: int, head: int, ext: Float[Tensor, "n d"], token_ids: Int[Tensor, "n"],
                        pairs: OrdinalPairs, W_U: Float[Tensor, "d_model d_vocab"]) -> dict:
     "Share of (token, residue) edits x - mu_i + mu_j after which the head's within-subtask argmax is the edited successor."
     pos = {t: i for i, t in enumerate(token_ids.tolist())}
-    tok_task = {}; tok_index = {}
-    for s in pairs.subtasks.values():
-        for t, v in zip(s["ids"], s["index"]): tok_task.setdefault(t, s["task"]); tok_index.setdefault(t, v)
-    task_of = np.array([tok_task[t] for t in token_ids.tolist()]); idx = torch.tensor([tok_index[t] for t in token_ids.tolist()])
+    info = pairs.token_info()
+    task_of = np.array([info[t][1] for t in token_ids.tolist()]); idx = torch.tensor([info[t][0] for t in token_ids.tolist()])
     W_V, W_O, norm = model.W_V(layer)[head].float(), model.W_O(layer)[head].float(), model.ln1(layer)
     hits = trials = 0; per_task = {}; chance = []
     for name, s in pairs.subtasks.items():
-        others = torch.tensor(task_of != s["task"])
-        mu = torch.stack([ext[others & (idx % 10 == r)].mean(0) if (others & (idx % 10 == r)).any() else torch.full((ext.shape[1],), float("nan"))
-                          for r in range(10)])
+        mu = residue_means(ext, idx, torch.tensor(task_of != s["task"]))     # directions from the other tasks only
         cols = torch.tensor([pos[t] for t in s["ids"]]); Wc = W_U[:, token_ids[cols]]
         by_index = {v: k for k, v in enumerate(s["index"])}
         edits, want = [], []
         for t, v in zip(s["ids"], s["index"]):
-            for j in range(10):
-                vj = 10 * (v // 10) + j
-                if j == v % 10 or vj < 1 or (vj + 1) not in by_index or mu[j].isnan().any() or mu[v % 10].isnan().any(): continue
-                edits.append(ext[pos[t]] - mu[v % 10] + mu[j]); want.append(by_index[vj + 1])
+            for j in range(MODULUS):
+                vj = MODULUS * (v // MODULUS) + j
+                if j == v % MODULUS or vj < 1 or (vj + 1) not in by_index or mu[j].isnan().any() or mu[v % MODULUS].isnan().any(): continue
+                edits.append(ext[pos[t]] - mu[v % MODULUS] + mu[j]); want.append(by_index[vj + 1])
         if not edits: continue
         pred = (norm(torch.stack(edits)).float() @ W_V @ W_O @ Wc).argmax(-1)
         ok = (pred == torch.tensor(want)).float()
@@ -394,10 +394,13 @@ def arithmetic_success(model: LabModel, layer: int, head: int, ext: Float[Tensor
             "chance": float(np.mean(chance)) if chance else float("nan")}
 
 # %% ../nbs/11_heads.ipynb #c040
+PATTERN_ITEMS = 2   # items that set the pattern before the loss counts (ours: "Monday, Tuesday," fixes "increment")
+
 def incrementation_prompts(model: LabModel, tasks: dict[str, dict], n_per_task: int, run_len: int,
                            generator: torch.Generator) -> tuple[list[list[int]], list[list[int]]]:
     "Comma-separated runs of consecutive task items as token ids, with a 0/1/2 mark per token (2: succession target, 1: comma)."
-    if run_len < 3: raise BadInput(f"run_len must be at least 3 (two items to set the pattern, one to predict), got {run_len}.")
+    if run_len <= PATTERN_ITEMS:
+        raise BadInput(f"run_len must be at least {PATTERN_ITEMS + 1} ({PATTERN_ITEMS} items to set the pattern, one to predict), got {run_len}.")
     prompts, marks = [], []
     sep = model.encode(",")
     for task, spec in tasks.items():
@@ -409,10 +412,11 @@ def incrementation_prompts(model: LabModel, tasks: dict[str, dict], n_per_task: 
             for k, item in enumerate(items[s:s + run_len]):
                 if k: toks += sep; mk += [1] * len(sep)
                 ids = model.encode(item if k == 0 else " " + item)
-                toks += ids; mk += [2 if k >= 2 else 0] * len(ids)
+                toks += ids; mk += [2 if k >= PATTERN_ITEMS else 0] * len(ids)
             prompts.append(toks); marks.append(mk)
     return prompts, marks
 
+# %% ../nbs/11_heads.ipynb #c127
 @torch.no_grad()
 def head_ablation_dloss(model: LabModel, prompts: list[list[int]], marks: list[list[int]], layer: int,
                         heads: list[int]) -> dict[int, dict[str, float]]:
@@ -422,7 +426,7 @@ def head_ablation_dloss(model: LabModel, prompts: list[list[int]], marks: list[l
     for i, m in enumerate(marks): mk[i, :len(m)] = torch.tensor(m)
     tgt = mk[:, 1:]   # mark of the token being predicted
     def losses(hooks):
-        return token_losses(model.run_with_hooks(toks, hooks, attention_mask=mask), toks)
+        return token_losses(run_with_hooks(model, toks, hooks, attention_mask=mask), toks)
     clean = losses([])
     out = {}
     for h in heads:
@@ -432,25 +436,51 @@ def head_ablation_dloss(model: LabModel, prompts: list[list[int]], marks: list[l
     out["clean_succession_loss"] = clean[tgt == 2].mean().item()
     return out
 
+# %% ../nbs/11_heads.ipynb #c130
+def ov_scan(model: LabModel, token_ids: Int[Tensor, "n"], pairs: OrdinalPairs, kinds: list[str], resid_prefix: str,
+            keep: str) -> tuple[dict[str, dict], dict]:
+    "Succession scores of every head under each extended-embedding kind; the embeddings and OV outputs of kind `keep`."
+    W_V, W_O = stacked_ov(model)
+    by_kind, kept = {}, {}
+    for kind in kinds:
+        fold = kind != "reference"                    # the public re-implementation applies no norm anywhere
+        ext = extended_embeddings(model, token_ids, kind, resid_prefix)
+        out = ov_outputs(head_inputs(model, ext, fold), W_V, W_O)
+        by_kind[kind] = succession_scores(out, folded_unembed(model, fold), token_ids, pairs)
+        if kind == keep: kept = {"ext": ext, "out": out}
+    return by_kind, kept
+
+# %% ../nbs/11_heads.ipynb #c132
+def best_head_subtasks(scores: dict, pairs: OrdinalPairs, layer: int, head: int) -> dict[str, dict]:
+    "One head's restricted succession score per subtask, with the subtask's chance level and pair count."
+    return {k: {"score": v[layer, head].item(), "chance": 1 / len(pairs.subtasks[k]["ids"]), "pairs": len(pairs.subtasks[k]["pairs"])}
+            for k, v in scores["per_subtask"].items()}
+
+def mod10_structure(model: LabModel, x: Float[Tensor, "n d"], token_ids: Int[Tensor, "n"], pairs: OrdinalPairs,
+                    layer: int, head: int, cfg: SuccessorConfig) -> tuple[dict, dict]:
+    "The mod-10 probe on the extended embeddings `x` of `token_ids`, and vector arithmetic through head (layer, head)."
+    info = pairs.token_info()
+    tl = token_ids.tolist()
+    with torch.enable_grad():
+        mod10 = mod10_probe(x, torch.tensor([info[t][0] for t in tl]), [info[t][1] for t in tl], cfg.probe_steps, seed=cfg.seed)
+    return mod10, arithmetic_success(model, layer, head, x, token_ids, pairs, folded_unembed(model))
+
+def best_head_ablation(model: LabModel, tasks: dict[str, dict], layer: int, head: int, cfg: SuccessorConfig,
+                       generator: torch.Generator) -> dict:
+    "Loss change on incrementation prompts when the head is zeroed, against a random other head of its layer and their mean."
+    prompts, marks = incrementation_prompts(model, tasks, cfg.n_prompts_per_task, cfg.run_len, generator)
+    H = model.arch.n_heads
+    abl = head_ablation_dloss(model, prompts, marks, layer, list(range(H)))
+    rnd = [h for h in range(H) if h != head][int(torch.randint(0, H - 1, (1,), generator=generator))]
+    others = [abl[h]["succession"] for h in range(H) if h != head]
+    return {"best": abl[head]["succession"], "random": abl[rnd]["succession"], "random_head": rnd,
+            "others_mean": float(np.mean(others)), "best_comma": abl[head]["comma"], "random_comma": abl[rnd]["comma"],
+            "clean_loss": abl["clean_succession_loss"], "per_head": {h: abl[h] for h in range(H)}, "n_prompts": len(prompts)}
+
 # %% ../nbs/11_heads.ipynb #c041
 @dataclasses.dataclass
 class SuccessorResult(Result):
     "Succession scores of every head (several extended embeddings), the best head's anatomy, and its ablation."
-
-    def figure(self):
-        m = self.metrics
-        z = np.array(m["scores"][m["ext"]]["pooled"])
-        fig = make_subplots(1, 2, subplot_titles=(f"succession score ({m['ext']}, within-task argmax, pooled)",
-                                                  f"best head L{m['best']['layer']}H{m['best']['head']}: per subtask"),
-                            column_widths=[0.45, 0.55], horizontal_spacing=0.15)
-        fig.add_trace(go.Heatmap(z=z, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(x=0.42),
-                                 hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), 1, 1)
-        pt = m["per_task"]
-        fig.add_trace(go.Bar(x=list(pt), y=[v["score"] for v in pt.values()], name="score"), 1, 2)
-        fig.add_trace(go.Scatter(x=list(pt), y=[v["chance"] for v in pt.values()], mode="markers", name="chance"), 1, 2)
-        fig.update_xaxes(title_text="head", row=1, col=1); fig.update_yaxes(title_text="layer", row=1, col=1)
-        fig.update_layout(height=520, title=f"Successor heads on {self.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
-        return fig
 
     def summary(self):
         m = self.metrics; b = m["best"]
@@ -465,64 +495,44 @@ class SuccessorResult(Result):
         return rows
 
 # %% ../nbs/11_heads.ipynb #c042
-def _rank(score: Tensor) -> list[dict]:
-    L, H = score.shape
-    return sorted([{"layer": l, "head": h, "score": score[l, h].item()} for l in range(L) for h in range(H)], key=lambda d: -d["score"])
+SUCCESSOR_THRESHOLD = 0.4   # the paper's cut-off: a head scoring above it is a successor head
 
 @torch.no_grad()
-def run_successor(model: LabModel, cfg: SuccessorConfig = SuccessorConfig()) -> SuccessorResult:
+def run_successor(model: LabModel, cfg: SuccessorConfig | None = None) -> SuccessorResult:
     "Score every head's OV circuit for succession, then dissect and ablate the best one."
-    if model.arch.kind != "attention": raise BadInput(f"The successor probe needs an attention model; {model.name} is {model.arch.kind}.")
+    cfg = cfg if cfg is not None else SuccessorConfig()
+    check_needs(get_probe("successor"), model)
     if cfg.ext not in EXT_KINDS: raise BadInput(f"Unknown extended-embedding kind {cfg.ext!r}; use one of {EXT_KINDS}.")
     t0 = time.time(); gen = seed_everything(cfg.seed)
     tasks = ordinal_tasks()
     pairs = succession_pairs(model.encode, tasks, cfg.forms)
     token_ids = torch.tensor(sorted({t for s in pairs.subtasks.values() for t in s["ids"]}))
-    W_V, W_O = stacked_ov(model)
-    kinds = list(dict.fromkeys([cfg.ext, *cfg.compare]))
-    scores, variants, outs = {}, {}, {}
-    for kind in kinds:
-        fold = kind != "reference"
-        ext = extended_embeddings(model, token_ids, kind, cfg.resid_prefix)
-        out = ov_outputs(head_inputs(model, ext, fold), W_V, W_O)
-        s = succession_scores(out, folded_unembed(model, fold), token_ids, pairs)
-        scores[kind] = {"pooled": s["pooled"], "macro": s["macro"]}
-        variants[kind] = {"best": _rank(s["pooled"])[0], "best_macro": _rank(s["macro"])[0], "top5": _rank(s["pooled"])[:5]}
-        if kind == cfg.ext: main, main_ext, outs = s, ext, out
-    ranked = _rank(main["pooled"])
+    by_kind, kept = ov_scan(model, token_ids, pairs, list(dict.fromkeys([cfg.ext, *cfg.compare])), cfg.resid_prefix, cfg.ext)
+    main = by_kind[cfg.ext]
+    ranked = rank_heads(main["pooled"])
     top = [(d["layer"], d["head"]) for d in ranked[:cfg.full_vocab_top]]
-    full = full_vocab_scores(outs, folded_unembed(model), token_ids, pairs, top)
+    full = full_vocab_scores(kept["out"], folded_unembed(model), token_ids, pairs, top)
     for d in ranked[:cfg.full_vocab_top]: d["full_vocab"] = full[(d["layer"], d["head"])]
     bl, bh = top[0]
-    per_task = {k: {"score": v[bl, bh].item(), "chance": 1 / len(pairs.subtasks[k]["ids"]), "pairs": len(pairs.subtasks[k]["pairs"])}
-                for k, v in main["per_subtask"].items()}
+    per_task = best_head_subtasks(main, pairs, bl, bh)
     space = [v for k, v in per_task.items() if k.endswith("/space")]   # the reference's form only, for comparison with the paper
     space_score = sum(v["score"] * v["pairs"] for v in space) / max(sum(v["pairs"] for v in space), 1)
-    # mod-10 and arithmetic on the ranking extended embedding (layer-specific for 'actual')
-    x = main_ext[bl if main_ext.shape[0] > 1 else 0]
-    idx_of = {}; task_of = {}
-    for s in pairs.subtasks.values():
-        for t, v in zip(s["ids"], s["index"]): idx_of.setdefault(t, v); task_of.setdefault(t, s["task"])
-    tl = token_ids.tolist()
-    with torch.enable_grad():
-        mod10 = mod10_probe(x, torch.tensor([idx_of[t] for t in tl]), [task_of[t] for t in tl], cfg.probe_steps, seed=cfg.seed)
-    arith = arithmetic_success(model, bl, bh, x, token_ids, pairs, folded_unembed(model))
-    # behaviour: zero the best head vs the other heads of its layer
-    prompts, marks = incrementation_prompts(model, {k: v for k, v in tasks.items()}, cfg.n_prompts_per_task, cfg.run_len, gen)
-    abl = head_ablation_dloss(model, prompts, marks, bl, list(range(model.arch.n_heads)))
-    rnd = [h for h in range(model.arch.n_heads) if h != bh][int(torch.randint(0, model.arch.n_heads - 1, (1,), generator=gen))]
-    others = [abl[h]["succession"] for h in range(model.arch.n_heads) if h != bh]
-    ablation = {"best": abl[bh]["succession"], "random": abl[rnd]["succession"], "random_head": rnd,
-                "others_mean": float(np.mean(others)), "best_comma": abl[bh]["comma"], "random_comma": abl[rnd]["comma"],
-                "clean_loss": abl["clean_succession_loss"], "per_head": {h: abl[h] for h in range(model.arch.n_heads)},
-                "n_prompts": len(prompts)}
+    x = kept["ext"][bl if kept["ext"].shape[0] > 1 else 0]              # layer-specific for 'actual'
+    mod10, arith = mod10_structure(model, x, token_ids, pairs, bl, bh, cfg)
+    ablation = best_head_ablation(model, tasks, bl, bh, cfg, gen)
+    variants = {k: {"best": rank_heads(s["pooled"])[0], "best_macro": rank_heads(s["macro"])[0], "top5": rank_heads(s["pooled"])[:5]}
+                for k, s in by_kind.items()}
     metrics = {"ext": cfg.ext, "heads": ranked, "n_pairs": pairs.n_pairs, "dropped_pairs": pairs.dropped_pairs,
                "validity": pairs.table(), "chance_pooled": main["chance_pooled"], "chance_macro": main["chance_macro"],
                "best": {**ranked[0], "macro": main["macro"][bl, bh].item(), "space_forms_only": space_score},
-               "per_task": per_task, "variants": variants, "scores": scores, "mod10": mod10,
+               "per_task": per_task, "variants": variants,
+               "scores": {k: {"pooled": s["pooled"], "macro": s["macro"]} for k, s in by_kind.items()}, "mod10": mod10,
                "arithmetic_success": arith["success_rate"], "arithmetic": arith, "ablation": ablation,
-               "heads_above_0.4": int((main["pooled"] > 0.4).sum())}
+               f"heads_above_{SUCCESSOR_THRESHOLD}": int((main["pooled"] > SUCCESSOR_THRESHOLD).sum())}
     return SuccessorResult("successor", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
+
+register_probe(Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",
+                     SuccessorConfig, run_successor, SuccessorResult, needs="attention", page="11_heads"))
 
 # %% ../nbs/11_heads.ipynb #c044
 def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], ns=(1, 2, 3),
@@ -543,8 +553,7 @@ def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tens
 
 # %% ../nbs/11_heads.ipynb #c047
 def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[str]:
-    "REGBENCH instances (one minimised, trimmed random DFA each, from `seqlab.icl`) as symbol strings of exactly `seq_tokens` symbols."
-    from seqlab.icl import REGBENCH_PRESETS, SEP, hopcroft_minimize, random_dfa, sample_instance, trim
+    "REGBENCH instances (one minimised, trimmed random DFA each, from `seqlab.regbench`) as symbol strings of exactly `seq_tokens` symbols."
     if preset not in REGBENCH_PRESETS: raise BadInput(f"Unknown REGBENCH preset {preset!r}; use one of {list(REGBENCH_PRESETS)}.")
     cfg, rng, out = REGBENCH_PRESETS[preset], np.random.default_rng(seed), []
     while len(out) < n_seqs:
@@ -556,11 +565,22 @@ def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code"
         out.append(text[:seq_tokens])
     return out
 
+def spaced_symbol_ids(model: LabModel, texts: list[str]) -> Int[Tensor, "n pos"]:
+    "REGBENCH texts as `model`'s tokens, one per symbol: the token of ' ' + symbol (refuses a tokenizer that splits one)."
+    ids = {c: model.encode(" " + c) for c in LETTERS + SEP}
+    bad = [c for c, t in ids.items() if len(t) != 1]
+    if bad: raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the REGBENCH prompts need single tokens.")
+    return torch.tensor([[ids[c][0] for c in text] for text in texts])
+
+# %% ../nbs/11_heads.ipynb #c137
+COMMON_WORD_MAX_ID = 8000   # BPE ids follow merge order, roughly frequency: below 8000 SmolLM2's tokens are common words (our cut)
+MIN_WORD_LETTERS = 3        # a space and at least 3 lowercase letters: a whole word, not a word piece (our cut)
+
 def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: int, generator: torch.Generator,
-                            max_id: int = 8000) -> Int[Tensor, "n pos"]:
+                            max_id: int = COMMON_WORD_MAX_ID) -> Int[Tensor, "n pos"]:
     "Sequences of common word tokens (space + lowercase letters, id < max_id) from a pool of `pool` words, repeated once."
     words = [i for i, s in enumerate(model.to_str_tokens(range(min(max_id, model.arch.d_vocab))))
-             if len(s) >= 4 and s[0] == " " and s[1:].isalpha() and s[1:].islower()]
+             if len(s) > MIN_WORD_LETTERS and s[0] == " " and s[1:].isalpha() and s[1:].islower()]
     if len(words) < pool: raise BadInput(f"Only {len(words)} word tokens found below id {max_id}; need a pool of {pool}.")
     out = []
     for _ in range(n_seqs):
@@ -570,60 +590,91 @@ def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: i
     return torch.stack(out)
 
 # %% ../nbs/11_heads.ipynb #c049
-ICLL_PRESETS = ("full", "quick", "off")
-
 @dataclasses.dataclass
 class NgramConfig:
-    "How many sequences of each kind, their lengths, and which match lengths n to score."
+    "How many sequences of each kind, their lengths, which match lengths n to score, and the icll models to train (None: skip)."
     n_seqs: int = 24
     seq_tokens: int = 256         # REGBENCH-style sequence length in tokens (the brief caps instances at ~512)
-    preset: str = "code"          # seqlab.icl.REGBENCH_PRESETS
+    preset: str = "code"          # seqlab.regbench.REGBENCH_PRESETS
     word_half_len: int = 96       # natural-looking: tokens per copy
     word_pool: int = 40           # distinct words per sequence, so short contexts also recur inside the first copy
     ns: tuple = (1, 2, 3)
     batch_size: int = 8
     top_k: int = 10
-    icll_preset: str = "full"     # which seqlab.icl preset trains the lab models: "full" (ICLLConfig()), "quick", or "off"
+    icll: ICLLModelsConfig | None = dataclasses.field(default_factory=ICLLModelsConfig)   # its seed follows `seed`
     ngram_layer_archs: tuple = ("mamba2", "lstm")   # recurrent models trained with and without the hard-wired n-gram layers
     seed: int = 0
 
     @classmethod
-    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll_preset="quick")
+    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll=ICLLModelsConfig.quick())
 
     def __post_init__(self):
         self.ns, self.ngram_layer_archs = tuple(self.ns), tuple(self.ngram_layer_archs)
         if not self.ns or min(self.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {self.ns}.")
-        if self.icll_preset not in ICLL_PRESETS: raise BadInput(f"Unknown icll_preset {self.icll_preset!r}; use one of {ICLL_PRESETS}.")
-        bad = [a for a in self.ngram_layer_archs if a not in ("mamba2", "lstm")]
-        if bad: raise BadInput(f"ngram_layer_archs {bad} unknown; the icll probe builds n-gram hybrids of 'mamba2' and 'lstm'.")
+        bad = [a for a in self.ngram_layer_archs if a + "+ngram" not in ICLL_ARCHS]
+        if bad: raise BadInput(f"ngram_layer_archs {bad} unknown; regbench builds n-gram hybrids of "
+                               f"{sorted(a[:-6] for a in ICLL_ARCHS if a.endswith('+ngram'))}.")
+        if self.icll is not None and self.icll.seed != self.seed: self.icll = dataclasses.replace(self.icll, seed=self.seed)
 
+# %% ../nbs/11_heads.ipynb #c142
+def ngram_scan(model: LabModel, tokens: Int[Tensor, "batch pos"], ns, batch_size: int = 8,
+               attention_mask: Int[Tensor, "batch pos"] | None = None, desc: str = "ngram") -> Float[Tensor, "layer head n 2"]:
+    "n-gram score and uniform baseline of every head, each averaged over the query positions that have a match."
+    def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
+    cap = capture(model, tokens, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False, attention_mask=attention_mask)
+    tot = torch.stack([cap[n].sum(0) for n in names])                      # [layer, head, n, (score, baseline, count)]
+    return tot[..., :2] / tot[..., 2:].clamp(min=1)
+
+def rank_heads_by_n(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[dict]]:
+    "For each n, every head as {layer, head, n, ngram_order, score, baseline}, best first."
+    top = {}
+    for c, n in enumerate(ns):
+        flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
+                for l in range(s.shape[0]) for h in range(s.shape[1])]
+        top[str(n)] = sorted(flat, key=lambda x: -x["score"])
+    return top
+
+# %% ../nbs/11_heads.ipynb #c144
+def icll_preset_name(icfg: ICLLModelsConfig) -> str:
+    "'quick' or 'full' when `icfg` is that ICLLModelsConfig preset (at any seed), else 'custom'."
+    for name, preset in (("quick", ICLLModelsConfig.quick()), ("full", ICLLModelsConfig())):
+        if dataclasses.replace(preset, seed=icfg.seed) == icfg: return name
+    return "custom"
+
+def _fit(icfg: ICLLModelsConfig, data: dict, name: str) -> tuple[LabModel, dict]:
+    net = icll_model(name, icfg, data=data)
+    agg = evaluate_icll(net, data["splits"]["test"], icfg)
+    return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": net.meta["n_params"]}
+
+def icll_transformer_heads(icfg: ICLLModelsConfig, data: dict, ns) -> dict:
+    "Load or train the icll Transformer; its accuracy and n-gram head scores on the held-out test instances."
+    net, perf = _fit(icfg, data, "transformer")
+    test = data["splits"]["test"]
+    enc = encode_instances([r["text"] for r in test], icll_tokenizer(), max(len(r["text"]) for r in test))
+    s = ngram_scan(net, enc["tokens"], ns, icfg.eval_batch_size, enc["attention_mask"], desc="icll-transformer")
+    label = (f"icll-transformer-n{max(icfg.train_sizes)} ({icll_preset_name(icfg)}: d_model {icfg.d_model}, "
+             f"{icfg.n_layers} layers x {icfg.n_heads} heads, {icfg.train.steps} steps)")
+    return dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf)
+
+def ngram_layer_effect(icfg: ICLLModelsConfig, data: dict, archs) -> dict[str, dict]:
+    "Accuracy (and TVD, size) of each recurrent icll model without and with its hard-wired n-gram layers."
+    return {a: {"without": _fit(icfg, data, a)[1], "with": _fit(icfg, data, a + "+ngram")[1]} for a in archs}
+
+def icll_ngram(icfg: ICLLModelsConfig, ns=(1, 2, 3), layer_archs=("mamba2", "lstm")) -> dict:
+    "The icll Transformer's heads and accuracy, and the n-gram layer's effect on the recurrent icll models."
+    data = icll_data(icfg)
+    trained = icll_transformer_heads(icfg, data, ns)
+    detail = ngram_layer_effect(icfg, data, layer_archs)
+    return {"trained": trained, "ngram_layer": {a: {k: v["accuracy"] for k, v in d.items()} for a, d in detail.items()},
+            "ngram_layer_detail": detail,
+            "icll": {"preset": icll_preset_name(icfg), "n_train": max(icfg.train_sizes), "n_test": len(data["splits"]["test"]),
+                     "steps": icfg.train.steps, "d_model": icfg.d_model, "max_chars": icfg.data.max_chars}}
+
+# %% ../nbs/11_heads.ipynb #c051
 @dataclasses.dataclass
 class NgramResult(Result):
     "Per-head n-gram scores (n = matched suffix length) on REGBENCH-style and repeated-word sequences."
-
-    def figure(self):
-        m = self.metrics; ns = m["ns"]
-        tr = m.get("trained")
-        rows = [("dfa", m["scores"]["dfa"], f"{self.model}, DFA letters"), ("words", m["scores"]["words"], f"{self.model}, repeated words")]
-        if tr: rows.append(("trained", tr["scores"], f"{tr['model']}, held-out REGBENCH"))
-        extra = bool(m["ngram_layer"])
-        specs = [[{}] * len(ns) for _ in rows] + ([[{"colspan": len(ns)}] + [None] * (len(ns) - 1)] if extra else [])
-        titles = [f"{lab}, n={n} ({n + 1}-gram)" for _, _, lab in rows for n in ns]
-        if extra: titles.append("icll accuracy of recurrent models without / with hard-wired n-gram layers")
-        fig = make_subplots(len(specs), len(ns), specs=specs, subplot_titles=titles, vertical_spacing=0.08)
-        for r, (_, sc, _) in enumerate(rows, 1):
-            z = np.array(sc)                                              # [layer, head, n]
-            for c in range(len(ns)):
-                fig.add_trace(go.Heatmap(z=z[:, :, c], coloraxis="coloraxis", hovertemplate="L%{y}H%{x}: %{z:.3f}<extra></extra>"), r, c + 1)
-        if extra:
-            archs = list(m["ngram_layer"])
-            for k, color in (("without", "#7f7f7f"), ("with", "#2ca02c")):
-                fig.add_trace(go.Bar(x=archs, y=[m["ngram_layer"][a][k] for a in archs], name=f"{k} n-gram layers",
-                                     marker_color=color), len(specs), 1)
-            fig.update_yaxes(range=[0, 1], title_text="accuracy", row=len(specs), col=1)
-        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=300 * len(specs), barmode="group",
-                          title=f"n-gram head scores (x head, y layer) on {self.model}" + (" and an icll-trained Transformer" if tr else ""))
-        return fig
 
     def summary(self):
         m = self.metrics; rows = []
@@ -639,110 +690,33 @@ class NgramResult(Result):
                 rows.append([f"trained n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
         for a, v in m["ngram_layer"].items():
             rows.append([f"{a} icll accuracy without / with n-gram layers", f"{v['without']:.3f} / {v['with']:.3f}"])
-        if not m["ngram_layer"]: rows.append(["n-gram layer effect", "not measured (icll_preset='off')"])
+        if not m["ngram_layer"]: rows.append(["n-gram layer effect", "not measured (icll=None)"])
         return rows
 
-# %% ../nbs/11_heads.ipynb #c051
-@torch.no_grad()
-def trained_ngram_scan(net, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], ns,
-                       batch_size: int = 32) -> Float[Tensor, "layer head n 2"]:
-    "n-gram head scores (score, uniform baseline) of every head of a lab Transformer (`seqlab.archs`) on padded token batches."
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(len(net.blocks))]
-    device = next(net.parameters()).device
-    tot = 0
-    for s in range(0, tokens.shape[0], batch_size):
-        t, am = tokens[s:s + batch_size].to(device), attention_mask[s:s + batch_size].to(device)
-        _, cache = net.run_with_cache(t, attention_mask=am, names_filter=names)
-        tot = tot + torch.stack([ngram_head_scores(cache[n].float(), t, ns, am).sum(0).cpu() for n in names])
-    return tot[..., :2] / tot[..., 2:].clamp(min=1)
-
-def _icll_setup(preset: str, seed: int):
-    "The icll probe's config, splits, test truth, tokenizer and data key for one of its presets."
-    from seqlab.icl import ICLLConfig, _key, dfa_next_dists, icll_tokenizer, make_splits
-    icfg = dataclasses.replace(ICLLConfig() if preset == "full" else ICLLConfig.quick(), seed=seed)
-    # run_icll's recipe, step for step: the data key must match for its cached checkpoints to be found
-    rb = icfg.regbench()
-    sizes = {"train": max(icfg.train_sizes), "val": icfg.n_val, "test": icfg.n_test}
-    sp = make_splits(sizes, rb, seed=seed)["splits"]
-    truth = [dfa_next_dists(r["dfa"], r["text"]) for r in sp["test"]]
-    return icfg, sp, truth, icll_tokenizer(), _key([dataclasses.asdict(rb), sizes, seed])
-
-def icll_ngram(ns=(1, 2, 3), preset: str = "quick", seed: int = 0, layer_archs=("mamba2", "lstm")) -> dict:
-    "Load or train (through seqlab.icl's cache) the icll Transformer and recurrent models with/without n-gram layers; score heads and accuracy."
-    from seqlab.icl import _aggregate, _encode_instances, _letter_probs, _score_rows, _train_icll_model
-    if preset not in ("full", "quick"): raise BadInput(f"icll preset must be 'full' or 'quick', got {preset!r}.")
-    icfg, sp, truth, tok, data_key = _icll_setup(preset, seed)
-    n_train = max(icfg.train_sizes)
-    train_texts = [r["text"] for r in sp["train"][:n_train]]
-    def fit(name):
-        with torch.enable_grad():  # run_ngram scores under no_grad; a model not yet cached must still train
-            net = _train_icll_model(name, icfg, train_texts, tok, data_key)
-        agg = _aggregate(_score_rows(sp["test"], _letter_probs(net, sp["test"], tok, icfg), truth), icfg.max_chars - 1)
-        return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": sum(p.numel() for p in net.parameters())}
-    net, perf = fit("transformer")
-    enc = _encode_instances([r["text"] for r in sp["test"]], tok, max(len(r["text"]) for r in sp["test"]))
-    s = trained_ngram_scan(net, enc["tokens"], enc["attention_mask"], ns, icfg.eval_batch_size)
-    label = (f"icll-transformer-n{n_train} ({preset}: d_model {icfg.d_model}, {icfg.n_layers} layers x {icfg.n_heads} heads, "
-             f"{icfg.steps} steps)")
-    trained = dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=_rank_heads(s, ns), n_instances=len(sp["test"]), **perf)
-    layer, detail = {}, {}
-    for a in layer_archs:
-        detail[a] = {"without": fit(a)[1], "with": fit(a + "+ngram")[1]}
-        layer[a] = {k: v["accuracy"] for k, v in detail[a].items()}
-    return {"trained": trained, "ngram_layer": layer, "ngram_layer_detail": detail,
-            "icll": {"preset": preset, "n_train": n_train, "n_test": len(sp["test"]), "steps": icfg.steps,
-                     "d_model": icfg.d_model, "max_chars": icfg.max_chars}}
-
 # %% ../nbs/11_heads.ipynb #c052
-def _rank_heads(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[dict]]:
-    "For each n, every head as {layer, head, n, ngram_order, score, baseline}, best first."
-    top = {}
-    for c, n in enumerate(ns):
-        flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
-                for l in range(s.shape[0]) for h in range(s.shape[1])]
-        top[str(n)] = sorted(flat, key=lambda x: -x["score"])
-    return top
-
-def _ngram_scan(model: LabModel, toks: Tensor, ns, batch_size: int, desc: str) -> Tensor:
-    def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
-    cap = capture(model, toks, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False)
-    tot = torch.stack([cap[n].sum(0) for n in names])                      # [layer, head, n, 3]
-    return tot[..., :2] / tot[..., 2:].clamp(min=1)                         # [layer, head, n, (score, baseline)]
-
 @torch.no_grad()
-def run_ngram(model: LabModel, cfg: NgramConfig = NgramConfig()) -> NgramResult:
+def run_ngram(model: LabModel, cfg: NgramConfig | None = None) -> NgramResult:
     "Score every head of `model`, and of a Transformer trained on icll data, for attention to the positions that follow earlier occurrences of its current n-token suffix; measure the n-gram layer's effect on recurrent icll models."
-    if model.arch.kind != "attention": raise BadInput(f"The ngram probe needs an attention model; {model.name} is {model.arch.kind}.")
-    cfg = dataclasses.replace(cfg)                   # re-runs the checks on a config edited after construction
+    cfg = dataclasses.replace(cfg) if cfg is not None else NgramConfig()   # re-runs the checks on a config edited after construction
+    check_needs(get_probe("ngram"), model)
     t0 = time.time(); gen = seed_everything(cfg.seed)
-    from seqlab.icl import LETTERS, SEP
-    ids = {c: model.encode(" " + c) for c in LETTERS + SEP}
-    bad = [c for c, t in ids.items() if len(t) != 1]
-    if bad: raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the REGBENCH prompts need single tokens.")
-    dfa = torch.tensor([[ids[c][0] for c in text] for text in regbench_texts(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)])
-    words = repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)
+    stimuli = {"dfa": spaced_symbol_ids(model, regbench_texts(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)),
+               "words": repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)}
     scores, top = {}, {}
-    for d, toks in (("dfa", dfa), ("words", words)):
-        s = _ngram_scan(model, toks, cfg.ns, cfg.batch_size, d)
-        scores[d] = s[..., 0]; top[d] = {}
-        top[d] = _rank_heads(s, cfg.ns)
-    heads = [h for n in cfg.ns for h in top["dfa"][str(n)]]
-    metrics = {"ns": list(cfg.ns), "heads": heads, "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
+    for d, toks in stimuli.items():
+        s = ngram_scan(model, toks, cfg.ns, cfg.batch_size, desc=d)
+        scores[d], top[d] = s[..., 0], rank_heads_by_n(s, cfg.ns)
+    metrics = {"ns": list(cfg.ns), "heads": [h for n in cfg.ns for h in top["dfa"][str(n)]],
+               "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
                "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
                "ngram_layer": {}, "n_seqs": cfg.n_seqs}
-    if cfg.icll_preset != "off":
-        icll = icll_ngram(cfg.ns, cfg.icll_preset, cfg.seed, cfg.ngram_layer_archs)
+    if cfg.icll is not None:
+        icll = icll_ngram(cfg.icll, cfg.ns, cfg.ngram_layer_archs)
         tr = icll["trained"]
         metrics["trained"] = dict(tr, top={n: v[:cfg.top_k] for n, v in tr["top"].items()})
         metrics["trained_heads"] = [dict(h, model=tr["model"]) for n in cfg.ns for h in tr["top"][str(n)]]
-        metrics["ngram_layer"] = icll["ngram_layer"]
-        metrics["ngram_layer_detail"] = icll["ngram_layer_detail"]
-        metrics["icll"] = icll["icll"]
+        metrics.update(ngram_layer=icll["ngram_layer"], ngram_layer_detail=icll["ngram_layer_detail"], icll=icll["icll"])
     return NgramResult("ngram", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
-# %% ../nbs/11_heads.ipynb #c053
-PROBES["successor"] = Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",
-                            SuccessorConfig, run_successor, needs="attention", page="heads")
-PROBES["ngram"] = Probe("ngram", "Which heads attend to the positions that follow earlier occurrences of the current n-token context?",
-                        NgramConfig, run_ngram, needs="attention", page="heads")
+register_probe(Probe("ngram", "Which heads attend to the positions that follow earlier occurrences of the current n-token context?",
+                     NgramConfig, run_ngram, NgramResult, needs="attention", page="11_heads"))

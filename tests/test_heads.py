@@ -4,16 +4,12 @@ import dataclasses
 import pytest
 import torch
 
-from seqlab.core import BadInput
-from seqlab.heads import (NgramConfig, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, icll_ngram,
-                          ngram_head_scores, ordinal_tasks, ov_outputs, ov_pairs_for_ids, roman_numerals, run_ngram,
-                          run_successor, shift_model, stacked_ov, succession_pairs, succession_scores, trained_ngram_scan)
-
-
-@pytest.fixture(scope="module")
-def smol():
-    from seqlab.zoo import load
-    return load("smollm2-135m", progress=False)
+from seqlab.capture import capture
+from seqlab.core import BadInput, get_probe
+from seqlab.heads import (NgramConfig, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, icll_preset_name,
+                          ngram_head_scores, ngram_scan, ordinal_tasks, ov_outputs, ov_pairs_for_ids, roman_numerals, run_ngram,
+                          run_successor, shift_model, stacked_ov, succession_pairs, succession_scores)
+from seqlab.regbench import ICLLModelsConfig
 
 
 def _scan(model, n_items):
@@ -34,8 +30,8 @@ def test_shift_scan_equals_a_forward_pass_with_one_token():
     # with a single token in context each head attends to itself: hook_z @ W_O is exactly the OV output
     m = shift_model(seed=2)
     out = ov_outputs(head_inputs(m, extended_embeddings(m, torch.arange(10), "embed")), *stacked_ov(m))
-    _, cache = m.run_with_cache(torch.tensor([[4]]), names=["blocks.0.attn.hook_z"])
-    direct = torch.einsum("hd,hdm->hm", cache["blocks.0.attn.hook_z"][0, 0], m.W_O(0))
+    z = capture(m, torch.tensor([[4]]), ["blocks.0.attn.hook_z"], progress=False)["blocks.0.attn.hook_z"]
+    direct = torch.einsum("hd,hdm->hm", z[0, 0], m.W_O(0))
     torch.testing.assert_close(direct, out[0, :, 4], atol=1e-4, rtol=1e-4)
 
 
@@ -43,7 +39,7 @@ def test_gqa_accessors_agree_with_brute_force_forward(smol):
     layer = 7
     names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.attn.hook_pattern",
              f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"]
-    _, c = smol.run_with_cache("Monday, Tuesday, Wednesday, Thursday", names=names)
+    c = capture(smol, ["Monday, Tuesday, Wednesday, Thursday"], names, progress=False)
     x = smol.ln1(layer)(c[names[0]])[0]                                            # [pos, d_model]
     v = torch.einsum("pd,hde->phe", x, smol.W_V(layer))                            # per query head, GQA expanded
     group = smol.arch.n_heads // smol.arch.n_kv_heads
@@ -100,7 +96,7 @@ def test_successor_probe_on_embedded_model(smol):
 
 
 def test_ngram_probe_on_embedded_model(smol):
-    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2, icll_preset="off"))
+    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2, icll=None))
     m = res.metrics
     assert len(m["heads"]) == 3 * 270 and {"layer", "head", "n", "score"} <= set(m["heads"][0])
     best = m["top"]["words"]["1"][0]
@@ -110,25 +106,36 @@ def test_ngram_probe_on_embedded_model(smol):
     with pytest.raises(BadInput, match="ns must be"): run_ngram(smol, NgramConfig(ns=(0,)))
 
 
-def test_trained_ngram_scan_on_a_lab_transformer_ignores_batching_and_padding():
-    from seqlab.archs import Transformer, TransformerConfig
+def test_ngram_scan_on_a_lab_transformer_ignores_batching_and_padding():
+    from seqlab.archs import CharTokenizer, Transformer, TransformerConfig
+    from seqlab.zoo import as_lab_model
     torch.manual_seed(0)
-    net = Transformer(TransformerConfig(d_vocab=6, n_ctx=32, d_model=16, n_layers=2, n_heads=2)).eval()
+    net = as_lab_model(Transformer(TransformerConfig(d_vocab=6, n_ctx=32, d_model=16, n_layers=2, n_heads=2)),
+                       CharTokenizer("abcde", pad="."), "net")
     toks = torch.randint(0, 5, (4, 20))
     full = torch.ones_like(toks)
-    s = trained_ngram_scan(net, toks, full, (1, 2), batch_size=4)
+    s = ngram_scan(net, toks, (1, 2), batch_size=4, attention_mask=full)
     assert s.shape == (2, 2, 2, 2)
-    torch.testing.assert_close(trained_ngram_scan(net, toks, full, (1, 2), batch_size=1), s)
+    torch.testing.assert_close(ngram_scan(net, toks, (1, 2), batch_size=1), s)
     # the same sequences right-padded with token 5 to length 26: the padding must not enter any score
     padded = torch.cat([toks, torch.full((4, 6), 5)], 1)
     mask = torch.cat([full, torch.zeros(4, 6, dtype=torch.long)], 1)
-    torch.testing.assert_close(trained_ngram_scan(net, padded, mask, (1, 2), batch_size=3), s)
+    torch.testing.assert_close(ngram_scan(net, padded, (1, 2), batch_size=3, attention_mask=mask), s)
     # the uniform baseline of a causal model depends only on the tokens: same for every head
     assert torch.allclose(s[..., 1], s[0, 0, :, 1].expand(2, 2, 2))
 
 
-def test_ngram_config_checks():
-    with pytest.raises(BadInput, match="icll_preset"): NgramConfig(icll_preset="huge")
+def test_ngram_config_nests_the_icll_models_config():
     with pytest.raises(BadInput, match="ngram_layer_archs"): NgramConfig(ngram_layer_archs=("transformer",))
-    with pytest.raises(BadInput, match="icll preset"): icll_ngram(preset="off")
-    assert NgramConfig.quick().icll_preset == "quick" and NgramConfig().icll_preset == "full"
+    assert NgramConfig.quick().icll == ICLLModelsConfig.quick() and NgramConfig().icll == ICLLModelsConfig()
+    assert icll_preset_name(NgramConfig.quick().icll) == "quick" and icll_preset_name(NgramConfig().icll) == "full"
+    cfg = get_probe("ngram").make_config(quick=True, seed=2)
+    assert cfg.icll.seed == 2 and cfg.icll.train.seed == 2 and icll_preset_name(cfg.icll) == "quick"   # the models follow the seed
+    assert NgramConfig(icll=None).icll is None
+
+
+def test_heads_probes_are_registered_with_one_run_signature():
+    for name in ("induction", "successor", "ngram"):
+        p = get_probe(name)
+        assert p.needs == "attention" and p.page == "11_heads"
+        assert list(__import__("inspect").signature(p.run).parameters) == ["model", "cfg"]
