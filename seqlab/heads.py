@@ -1,4 +1,4 @@
-"""Attention heads with a job: induction heads (this page), successor heads and n-gram heads.
+"""Attention heads with a job: induction heads (this page) and successor heads. Their higher-order relatives, n-gram heads, have their own page (`ngram_heads`).
 
 Docs: https://seqlab.github.io/seqlab/heads.html.md"""
 
@@ -15,24 +15,20 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .archs import CharTokenizer, Transformer, TransformerConfig, ngram_match
+from .archs import CharTokenizer, Transformer, TransformerConfig
 from .capture import capture, run_with_hooks, token_surprisal
 from .core import BadInput, Probe, Result, check_needs, data_dir, get_probe, register_probe, seed_everything
-from .regbench import (ICLL_ARCHS, LETTERS, REGBENCH_PRESETS, SEP, ICLLModelsConfig, encode_instances, evaluate_icll,
-                       hopcroft_minimize, icll_data, icll_model, icll_tokenizer, random_dfa, sample_instance, trim)
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
 __all__ = ['INDUCTION_THRESHOLD', 'FORMS', 'N_ROMAN', 'EXT_KINDS', 'MODULUS', 'PROBE_LR', 'PROBE_WEIGHT_DECAY', 'STD_FLOOR',
-           'PATTERN_ITEMS', 'SUCCESSOR_THRESHOLD', 'COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'InductionConfig',
-           'repeated_random_tokens', 'induction_scores', 'token_losses', 'rank_heads', 'InductionResult',
-           'run_induction', 'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids',
-           'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
-           'full_vocab_scores', 'shift_model', 'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success',
-           'incrementation_prompts', 'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure',
-           'best_head_ablation', 'SuccessorResult', 'run_successor', 'ngram_head_scores', 'regbench_texts',
-           'spaced_symbol_ids', 'repeated_word_sequences', 'NgramConfig', 'ngram_scan', 'rank_heads_by_n',
-           'icll_preset_name', 'icll_transformer_heads', 'ngram_layer_effect', 'icll_ngram', 'NgramResult', 'run_ngram']
+           'PATTERN_ITEMS', 'SUCCESSOR_THRESHOLD', 'InductionConfig', 'repeated_random_tokens', 'induction_scores',
+           'token_losses', 'rank_heads', 'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks',
+           'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids', 'extended_embeddings', 'folded_unembed',
+           'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores', 'full_vocab_scores', 'shift_model',
+           'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success', 'incrementation_prompts',
+           'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure', 'best_head_ablation',
+           'SuccessorResult', 'run_successor']
 
 # %% ../nbs/11_heads.ipynb #c006
 @dataclasses.dataclass
@@ -533,190 +529,3 @@ def run_successor(model: LabModel, cfg: SuccessorConfig | None = None) -> Succes
 
 register_probe(Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",
                      SuccessorConfig, run_successor, SuccessorResult, needs="attention", page="11_heads"))
-
-# %% ../nbs/11_heads.ipynb #c044
-def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], ns=(1, 2, 3),
-                      attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch head n 3"]:
-    "Per sequence and head, for each n: (sum of score over query positions with a match, same for the uniform baseline, count)."
-    from seqlab.archs import ngram_match
-    T = tokens.shape[1]
-    attendable = torch.arange(1, T + 1, dtype=pattern.dtype, device=pattern.device)    # positions 0..i
-    out = []
-    for n in ns:
-        M = (ngram_match(tokens, n, attention_mask) > 0).to(pattern.dtype)              # [batch, q, k]
-        has = M.sum(-1) > 0                                                             # [batch, q]
-        score = torch.einsum("bhqk,bqk->bhq", pattern, M)
-        base = (M.sum(-1) / attendable)[:, None].expand_as(score)
-        w = has[:, None].to(pattern.dtype).expand_as(score)
-        out.append(torch.stack([(score * w).sum(-1), (base * w).sum(-1), w.sum(-1)], -1))
-    return torch.stack(out, 2)
-
-# %% ../nbs/11_heads.ipynb #c047
-def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[str]:
-    "REGBENCH instances (one minimised, trimmed random DFA each, from `seqlab.regbench`) as symbol strings of exactly `seq_tokens` symbols."
-    if preset not in REGBENCH_PRESETS: raise BadInput(f"Unknown REGBENCH preset {preset!r}; use one of {list(REGBENCH_PRESETS)}.")
-    cfg, rng, out = REGBENCH_PRESETS[preset], np.random.default_rng(seed), []
-    while len(out) < n_seqs:
-        try: dfa = hopcroft_minimize(trim(random_dfa(rng, cfg.n_states, cfg.alphabet_size, cfg.out_degree)))
-        except BadInput: continue                    # a degenerate draw; take the next DFA
-        text = ""
-        while len(text) < seq_tokens:                # more strings of the same language until the window is full
-            text += (SEP if text else "") + sample_instance(dfa, cfg, rng)
-        out.append(text[:seq_tokens])
-    return out
-
-def spaced_symbol_ids(model: LabModel, texts: list[str]) -> Int[Tensor, "n pos"]:
-    "REGBENCH texts as `model`'s tokens, one per symbol: the token of ' ' + symbol (refuses a tokenizer that splits one)."
-    ids = {c: model.encode(" " + c) for c in LETTERS + SEP}
-    bad = [c for c, t in ids.items() if len(t) != 1]
-    if bad: raise BadInput(f"{model.name} splits {bad} (with a leading space) into several tokens; the REGBENCH prompts need single tokens.")
-    return torch.tensor([[ids[c][0] for c in text] for text in texts])
-
-# %% ../nbs/11_heads.ipynb #c137
-COMMON_WORD_MAX_ID = 8000   # BPE ids follow merge order, roughly frequency: below 8000 SmolLM2's tokens are common words (our cut)
-MIN_WORD_LETTERS = 3        # a space and at least 3 lowercase letters: a whole word, not a word piece (our cut)
-
-def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: int, generator: torch.Generator,
-                            max_id: int = COMMON_WORD_MAX_ID) -> Int[Tensor, "n pos"]:
-    "Sequences of common word tokens (space + lowercase letters, id < max_id) from a pool of `pool` words, repeated once."
-    words = [i for i, s in enumerate(model.to_str_tokens(range(min(max_id, model.arch.d_vocab))))
-             if len(s) > MIN_WORD_LETTERS and s[0] == " " and s[1:].isalpha() and s[1:].islower()]
-    if len(words) < pool: raise BadInput(f"Only {len(words)} word tokens found below id {max_id}; need a pool of {pool}.")
-    out = []
-    for _ in range(n_seqs):
-        chosen = torch.tensor(words)[torch.randperm(len(words), generator=generator)[:pool]]
-        half = chosen[torch.randint(0, pool, (half_len,), generator=generator)]
-        out.append(torch.cat([half, half]))
-    return torch.stack(out)
-
-# %% ../nbs/11_heads.ipynb #c049
-@dataclasses.dataclass
-class NgramConfig:
-    "How many sequences of each kind, their lengths, which match lengths n to score, and the icll models to train (None: skip)."
-    n_seqs: int = 24
-    seq_tokens: int = 256         # REGBENCH-style sequence length in tokens (the brief caps instances at ~512)
-    preset: str = "code"          # seqlab.regbench.REGBENCH_PRESETS
-    word_half_len: int = 96       # natural-looking: tokens per copy
-    word_pool: int = 40           # distinct words per sequence, so short contexts also recur inside the first copy
-    ns: tuple = (1, 2, 3)
-    batch_size: int = 8
-    top_k: int = 10
-    icll: ICLLModelsConfig | None = dataclasses.field(default_factory=ICLLModelsConfig)   # its seed follows `seed`
-    ngram_layer_archs: tuple = ("mamba2", "lstm")   # recurrent models trained with and without the hard-wired n-gram layers
-    seed: int = 0
-
-    @classmethod
-    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll=ICLLModelsConfig.quick())
-
-    def __post_init__(self):
-        self.ns, self.ngram_layer_archs = tuple(self.ns), tuple(self.ngram_layer_archs)
-        if not self.ns or min(self.ns) < 1: raise BadInput(f"ns must be match lengths >= 1, got {self.ns}.")
-        bad = [a for a in self.ngram_layer_archs if a + "+ngram" not in ICLL_ARCHS]
-        if bad: raise BadInput(f"ngram_layer_archs {bad} unknown; regbench builds n-gram hybrids of "
-                               f"{sorted(a[:-6] for a in ICLL_ARCHS if a.endswith('+ngram'))}.")
-        if self.icll is not None and self.icll.seed != self.seed: self.icll = dataclasses.replace(self.icll, seed=self.seed)
-
-# %% ../nbs/11_heads.ipynb #c142
-def ngram_scan(model: LabModel, tokens: Int[Tensor, "batch pos"], ns, batch_size: int = 8,
-               attention_mask: Int[Tensor, "batch pos"] | None = None, desc: str = "ngram") -> Float[Tensor, "layer head n 2"]:
-    "n-gram score and uniform baseline of every head, each averaged over the query positions that have a match."
-    def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
-    cap = capture(model, tokens, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False, attention_mask=attention_mask)
-    tot = torch.stack([cap[n].sum(0) for n in names])                      # [layer, head, n, (score, baseline, count)]
-    return tot[..., :2] / tot[..., 2:].clamp(min=1)
-
-def rank_heads_by_n(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[dict]]:
-    "For each n, every head as {layer, head, n, ngram_order, score, baseline}, best first."
-    top = {}
-    for c, n in enumerate(ns):
-        flat = [{"layer": l, "head": h, "n": n, "ngram_order": n + 1, "score": s[l, h, c, 0].item(), "baseline": s[l, h, c, 1].item()}
-                for l in range(s.shape[0]) for h in range(s.shape[1])]
-        top[str(n)] = sorted(flat, key=lambda x: -x["score"])
-    return top
-
-# %% ../nbs/11_heads.ipynb #c144
-def icll_preset_name(icfg: ICLLModelsConfig) -> str:
-    "'quick' or 'full' when `icfg` is that ICLLModelsConfig preset (at any seed), else 'custom'."
-    for name, preset in (("quick", ICLLModelsConfig.quick()), ("full", ICLLModelsConfig())):
-        if dataclasses.replace(preset, seed=icfg.seed) == icfg: return name
-    return "custom"
-
-def _fit(icfg: ICLLModelsConfig, data: dict, name: str) -> tuple[LabModel, dict]:
-    net = icll_model(name, icfg, data=data)
-    agg = evaluate_icll(net, data["splits"]["test"], icfg)
-    return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": net.meta["n_params"]}
-
-def icll_transformer_heads(icfg: ICLLModelsConfig, data: dict, ns) -> dict:
-    "Load or train the icll Transformer; its accuracy and n-gram head scores on the held-out test instances."
-    net, perf = _fit(icfg, data, "transformer")
-    test = data["splits"]["test"]
-    enc = encode_instances([r["text"] for r in test], icll_tokenizer(), max(len(r["text"]) for r in test))
-    s = ngram_scan(net, enc["tokens"], ns, icfg.eval_batch_size, enc["attention_mask"], desc="icll-transformer")
-    label = (f"icll-transformer-n{max(icfg.train_sizes)} ({icll_preset_name(icfg)}: d_model {icfg.d_model}, "
-             f"{icfg.n_layers} layers x {icfg.n_heads} heads, {icfg.train.steps} steps)")
-    return dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf)
-
-def ngram_layer_effect(icfg: ICLLModelsConfig, data: dict, archs) -> dict[str, dict]:
-    "Accuracy (and TVD, size) of each recurrent icll model without and with its hard-wired n-gram layers."
-    return {a: {"without": _fit(icfg, data, a)[1], "with": _fit(icfg, data, a + "+ngram")[1]} for a in archs}
-
-def icll_ngram(icfg: ICLLModelsConfig, ns=(1, 2, 3), layer_archs=("mamba2", "lstm")) -> dict:
-    "The icll Transformer's heads and accuracy, and the n-gram layer's effect on the recurrent icll models."
-    data = icll_data(icfg)
-    trained = icll_transformer_heads(icfg, data, ns)
-    detail = ngram_layer_effect(icfg, data, layer_archs)
-    return {"trained": trained, "ngram_layer": {a: {k: v["accuracy"] for k, v in d.items()} for a, d in detail.items()},
-            "ngram_layer_detail": detail,
-            "icll": {"preset": icll_preset_name(icfg), "n_train": max(icfg.train_sizes), "n_test": len(data["splits"]["test"]),
-                     "steps": icfg.train.steps, "d_model": icfg.d_model, "max_chars": icfg.data.max_chars}}
-
-# %% ../nbs/11_heads.ipynb #c051
-@dataclasses.dataclass
-class NgramResult(Result):
-    "Per-head n-gram scores (n = matched suffix length) on REGBENCH-style and repeated-word sequences."
-
-    def summary(self):
-        m = self.metrics; rows = []
-        for d in ("dfa", "words"):
-            for n in m["ns"]:
-                h = m["top"][d][str(n)][0]
-                rows.append([f"{d} n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
-        if m.get("trained"):
-            tr = m["trained"]
-            rows.append([f"{tr['model']} icll accuracy", f"{tr['accuracy']:.3f}"])
-            for n in m["ns"]:
-                h = tr["top"][str(n)][0]
-                rows.append([f"trained n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
-        for a, v in m["ngram_layer"].items():
-            rows.append([f"{a} icll accuracy without / with n-gram layers", f"{v['without']:.3f} / {v['with']:.3f}"])
-        if not m["ngram_layer"]: rows.append(["n-gram layer effect", "not measured (icll=None)"])
-        return rows
-
-# %% ../nbs/11_heads.ipynb #c052
-@torch.no_grad()
-def run_ngram(model: LabModel, cfg: NgramConfig | None = None) -> NgramResult:
-    "Score every head of `model`, and of a Transformer trained on icll data, for attention to the positions that follow earlier occurrences of its current n-token suffix; measure the n-gram layer's effect on recurrent icll models."
-    cfg = dataclasses.replace(cfg) if cfg is not None else NgramConfig()   # re-runs the checks on a config edited after construction
-    check_needs(get_probe("ngram"), model)
-    t0 = time.time(); gen = seed_everything(cfg.seed)
-    stimuli = {"dfa": spaced_symbol_ids(model, regbench_texts(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)),
-               "words": repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)}
-    scores, top = {}, {}
-    for d, toks in stimuli.items():
-        s = ngram_scan(model, toks, cfg.ns, cfg.batch_size, desc=d)
-        scores[d], top[d] = s[..., 0], rank_heads_by_n(s, cfg.ns)
-    metrics = {"ns": list(cfg.ns), "heads": [h for n in cfg.ns for h in top["dfa"][str(n)]],
-               "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
-               "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
-               "ngram_layer": {}, "n_seqs": cfg.n_seqs}
-    if cfg.icll is not None:
-        icll = icll_ngram(cfg.icll, cfg.ns, cfg.ngram_layer_archs)
-        tr = icll["trained"]
-        metrics["trained"] = dict(tr, top={n: v[:cfg.top_k] for n, v in tr["top"].items()})
-        metrics["trained_heads"] = [dict(h, model=tr["model"]) for n in cfg.ns for h in tr["top"][str(n)]]
-        metrics.update(ngram_layer=icll["ngram_layer"], ngram_layer_detail=icll["ngram_layer_detail"], icll=icll["icll"])
-    return NgramResult("ngram", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
-
-register_probe(Probe("ngram", "Which heads attend to the positions that follow earlier occurrences of the current n-token context?",
-                     NgramConfig, run_ngram, NgramResult, needs="attention", page="11_heads"))

@@ -411,18 +411,18 @@ def _check_tokenizer(lab: LabModel) -> None:
         raise BadInput(f"The spinning probe needs a model with a Hugging Face tokenizer and embedding (its meta-model lives in "
                        f"that vocabulary), e.g. --model smollm2-135m; got {got}.")
 
-def run(lab: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
+def run(model: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
     """Spin a model toward positive sentiment on a trigger, evaluate it against a clean fine-tune, run the ablation and
-    the defense. `lab` gives the tokenizer and embedding φ lives in; it is the spun model itself when target='embedded'."""
-    _check_tokenizer(lab)
+    the defense. `model` gives the tokenizer and embedding φ lives in; it is the spun model itself when target='embedded'."""
+    _check_tokenizer(model)
     cfg = cfg or SpinConfig()
-    t0, tok = time.time(), lab.tokenizer
+    t0, tok = time.time(), model.tokenizer
     words = load_words()
     candidates = candidate_ids(tok, cfg, words)
-    meta, meta_info = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=cfg.meta_l2)
+    meta, meta_info = train_meta_model(tok, model.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=cfg.meta_l2)
     data = task_data(tok, cfg, words)
     tiny = tiny_family(tok, data, candidates, cfg)       # trained on the train pairs only
-    fam = main_family(lab, tiny, cfg)
+    fam = main_family(model, tiny, cfg)
     main = spin_pair(fam, meta, tok, data, candidates[cfg.trigger], cfg.seed, cfg)
     saved = _save_spun(fam, main.spun, cfg.trigger, cfg.seed, cfg)
     test_triggered = injected(tok, data.test_prompts, candidates[cfg.trigger], cfg.seed + EVAL_TRIGGER_SEED)
@@ -430,7 +430,7 @@ def run(lab: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
              for name, m in (("clean_model", main.clean), ("spun_model", main.spun))}
     base_eval = ({"no_trigger": evaluate_spin(tiny, tiny.base, meta, tok, data.test_prompts, data.test_conts, cfg)}
                  if fam.kind == "tiny" else None)
-    meta_raw = train_meta_model(tok, lab.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=UNCALIBRATED_L2)[0]
+    meta_raw = train_meta_model(tok, model.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=UNCALIBRATED_L2)[0]
     abl = ablation(tiny, {"calibrated": meta, UNCALIBRATED_NAME: meta_raw}, tok, data, candidates[cfg.trigger], test_triggered, cfg)
     defense = summarise_defense(defense_population(tiny, fam, main, meta, tok, data, candidates, cfg), cfg)
     pick = lambda key: {n: {c: evals[n][c][key] for c in evals[n]} for n in evals}
@@ -443,7 +443,7 @@ def run(lab: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
                "spin_history": main.history[:: max(1, len(main.history) // 50)], "spin_seconds": main.seconds,
                "checkpoints": [saved] if saved else [], "tiny_base_final_loss": tiny.history[-1]["loss"],
                "total_seconds": time.time() - t0}
-    return SpinResult("spinning", lab.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed)
+    return SpinResult("spinning", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed)
 
 register_probe(Probe(name="spinning", question="Can a trigger word be made to spin a model's output toward positive sentiment "
                      "while the main task stays intact, and does injecting candidate words expose the trigger?",

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 
 from .core import BadInput, Result, all_probes, get_probe
 # every probe module registers its probes when imported; viz draws them all, so it imports them all (in the lab's order)
-from . import icl_regression, icll, heads, verbatim, collapse, spinning  # noqa: F401
+from . import icl_regression, icll, heads, ngram_heads, verbatim, collapse, spinning  # noqa: F401
 
 # %% auto #0
 __all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'pattern_figure',
