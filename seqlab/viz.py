@@ -185,6 +185,7 @@ def successor_figure(res) -> go.Figure:
     fig.update_layout(height=520, title=f"Successor heads on {res.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
     return fig
 
+# %% ../nbs/20_viz.ipynb #f-heads-1
 def ngram_figure(res) -> go.Figure:
     "n-gram head scores per n (rows: SmolLM2 on DFA letters, on repeated words, the icll-trained Transformer), and the n-gram layer's effect."
     m = res.metrics; ns = m["ns"]; tr = m.get("trained")
@@ -248,6 +249,7 @@ def _embedded_traces(fig, m: dict, conditions) -> None:
     fig.update_xaxes(title_text="list length", row=1, col=1); fig.update_xaxes(title_text="intervening tokens", type="log", row=1, col=2)
     fig.update_xaxes(title_text="noun position", row=1, col=3)
 
+# %% ../nbs/20_viz.ipynb #f-verbatim-1
 def _architecture_traces(fig, m: dict) -> None:
     "Row 2: the lab models by list length and by intervening key (medians), and their training loss."
     for arch, by_c in m["architectures"].items():
