@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import BadInput, HookNotFound, OverBudget, atomic_path
+from .families import STD_HOOKS, fast_hook
 from .zoo import LabModel
 
 # %% auto #0
@@ -47,25 +48,17 @@ def token_surprisal(logits: Float[Tensor, "batch pos vocab"], ids: Int[Tensor, "
     return torch.nn.functional.pad(s, (1, 0), value=float("nan"))
 
 # %% ../nbs/02_capture.ipynb #k003
-FAST_HOOKS = {
-    r"hook_embed": ("embed", "out"),
-    r"blocks\.(\d+)\.hook_resid_pre": ("block", "pre"),
-    r"blocks\.(\d+)\.hook_resid_mid": ("ln2", "pre"),
-    r"blocks\.(\d+)\.hook_resid_post": ("block", "out"),
-    r"blocks\.(\d+)\.hook_attn_out": ("attn", "out"),
-    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "out"),
-}
+FAST_HOOKS = STD_HOOKS  # the Llama row's hooks; every family's own are in seqlab.families.FAMILIES[...].hooks
 
 def _fast_plan(model: LabModel, names: list[str]) -> list[tuple] | None:
     "(name, module, 'pre' or 'out') for each name on the fast path, or None if any name needs the bridge."
     if not model.has_fast_path: return None
     plan = []
     for n in names:
-        for pat, (part, where) in FAST_HOOKS.items():
-            m = re.fullmatch(pat, n)
-            if m:
-                plan.append((n, model.fast_module(part, int(m.group(1)) if m.groups() else None), where)); break
-        else: return None
+        where = fast_hook(model.family, n)
+        if where is None: return None
+        part, layer, pre_out = where
+        plan.append((n, model.fast_module(part, layer), pre_out))
     return plan
 
 # %% ../nbs/02_capture.ipynb #k006
@@ -88,9 +81,31 @@ def _run_capturing(model: LabModel, toks: Tensor, mask: Tensor, names: list[str]
             for h in handles: h.remove()
         return logits, store
     def hook_fn(t, hook, name): store[name] = keep(name, t)
-    with model.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
+    with _gated_hooks(model, names), model.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
         logits = model.forward_tokens(toks, mask, hooked=True)
     return logits, store
+
+@contextmanager
+def _gated_hooks(model: LabModel, names: list[str]):
+    "The bridge computes per-head results (hook_result) only when asked: switch that on for this pass only."
+    bridge = model.hooked
+    mixers = [b.mixer for b in getattr(bridge, "blocks", []) if hasattr(getattr(b, "mixer", None), "eager_scan")]
+    if mixers and any(".mixer.hook_ssm" in n for n in names):  # the bridge's SSM-state hooks fire only in its eager scan
+        before = [m.eager_scan for m in mixers]
+        for m in mixers: m.eager_scan = True
+        try:
+            with _gated_hooks(model, [n for n in names if ".mixer.hook_ssm" not in n]): yield
+        finally:
+            for m, b in zip(mixers, before): m.eager_scan = b
+        return
+    if not any(n.endswith("attn.hook_result") for n in names) or not hasattr(bridge, "set_use_attn_result"): yield; return
+    before = bool(getattr(bridge.cfg, "use_attn_result", False))
+    try: bridge.set_use_attn_result(True)
+    except NotImplementedError:
+        raise HookNotFound(f"{model.name} ({model.arch.family}): TransformerLens's bridge cannot compute per-head results "
+                           f"(attn.hook_result) for this family; capture attn.hook_z and multiply by LabModel.W_O(layer).") from None
+    try: yield
+    finally: bridge.set_use_attn_result(before)
 
 # %% ../nbs/02_capture.ipynb #k009
 @contextmanager

