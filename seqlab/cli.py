@@ -9,40 +9,23 @@ from __future__ import annotations
 import argparse, html, json, os, re, subprocess, sys, time, traceback
 from pathlib import Path
 
-from .core import BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, run_probe, seqlab_version
+from .core import (BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, seqlab_version,
+                         writable_folder)
+from .sweep import run_one, run_sweep, summarize
 from .viz import figure
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'writable_folder', 'run_and_save', 'write_report', 'build_docs_preview', 'main']
-
-# %% ../nbs/30_cli.ipynb #c006
-def writable_folder(out: str | Path) -> Path:
-    "Create `out` if needed and check a file can be written there, before any long work starts."
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".seqlab-write-check") as t: t.write_text("ok")
-        (out / ".seqlab-write-check").unlink()
-    except OSError as e:
-        raise BadInput(f"Cannot write results to {out} ({type(e).__name__}: {e.strerror or e}); pass --out with a folder you can write.") from None
-    return out
+__all__ = ['DEFAULT_MODEL', 'run_and_save', 'write_report', 'parse_sets', 'build_docs_preview', 'main']
 
 # %% ../nbs/30_cli.ipynb #c008
 def _figure_html(fig, include_plotlyjs) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False})
 
-def _model_for(probe: Probe, model):
-    "The model a probe runs on: a LabModel as given, a name loaded, or None for an 'own' probe given no model."
-    from seqlab.zoo import LabModel, load
-    if model is None or isinstance(model, LabModel): return model
-    return load(model)
-
-def run_and_save(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0) -> Result:
-    "Run one probe (on a model name, a loaded LabModel, or None for an 'own' probe); write PROBE.json and PROBE.html in `out`."
-    probe = get_probe(name)
+def run_and_save(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0,
+                 overrides: dict | None = None) -> Result:
+    "Run one probe (on a model name, a loaded LabModel, or None for an 'own' probe) with `overrides`; write PROBE.json and PROBE.html in `out`."
     out = writable_folder(out)
-    cfg = probe.make_config(quick=quick, seed=seed)
-    res = run_probe(probe, _model_for(probe, model), cfg)
+    res = run_one(name, model, quick, seed, overrides)
     res.save(out / f"{name}.json")
     fig = figure(res)
     if fig is not None:
@@ -109,10 +92,6 @@ def _model_arg(probe: Probe, given: str | None):
     if given is not None: return given
     return None if probe.needs == "own" else DEFAULT_MODEL
 
-def _cmd_run(args):
-    res = run_and_save(args.probe, _model_arg(get_probe(args.probe), args.model), args.out, args.quick, args.seed)
-    _print_table(res.summary(), f"{args.probe} on {res.model} ({res.elapsed_s:.1f} s) -> {Path(args.out) / (args.probe + '.json')}")
-
 def _cmd_report(args):
     from seqlab.zoo import load
     probes = {n: get_probe(n) for n in args.probes.split(",")} if args.probes else all_probes()
@@ -144,9 +123,34 @@ def _cmd_bench(args):
     for s in scripts:
         print(f"== {s.name}", flush=True)
         # every benchmark takes --json PATH for its measurements (and prints its ratios)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
+        writable_folder(args.out)
         rc |= subprocess.call([sys.executable, str(s), "--json", str(Path(args.out) / f"{s.stem}.json")])
     return rc
+
+# %% ../nbs/30_cli.ipynb #c006
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    "`--set KEY=VALUE` arguments as a dict of overrides (values stay strings: `apply_overrides` parses them by field type)."
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip(): raise BadInput(f"--set takes KEY=VALUE (e.g. --set train.steps=50), got {item!r}.")
+        out[key.strip()] = value.strip()
+    return out
+
+def _cmd_run(args):
+    res = run_and_save(args.probe, _model_arg(get_probe(args.probe), args.model), args.out, args.quick, args.seed, parse_sets(args.set))
+    _print_table(res.summary(), f"{args.probe} on {res.model} ({res.elapsed_s:.1f} s) -> {Path(args.out) / (args.probe + '.json')}")
+
+def _cmd_sweep(args):
+    if args.spec == "summarize":
+        if not args.dir: raise BadInput("seqlab sweep summarize DIR: name the sweep folder.")
+        paths = summarize(args.dir)
+        print(f"seqlab sweep: wrote {paths['csv']}, {paths['parquet']} and {paths['html']}"); return 0
+    r = run_sweep(args.spec, args.out, address=args.address, num_cpus=args.num_cpus, max_retries=args.max_retries)
+    paths = summarize(r["out"])
+    print(f"seqlab sweep: {r['cells']} cells: {r['ran']} run, {r['skipped']} already done, {len(r['failed'])} failed"
+          + (f" (errors in {Path(r['out']) / 'cells'}/*.error.json)" if r["failed"] else "") + f"; wrote {paths['html']}")
+    return 1 if r["failed"] else 0
 
 # %% ../nbs/30_cli.ipynb #c012
 def _directives(src: str) -> dict:
@@ -225,10 +229,16 @@ def _parser():
     r.add_argument("--model", default=None, help="a model name or folder (default: the embedded model; none for probes that train their own)")
     r.add_argument("--out", default="results")
     r.add_argument("--quick", action="store_true", help="small preset (minutes on 2 cores)"); r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change one config setting (dotted keys; repeatable)")
     p = sub.add_parser("report", help="run every probe and write DIR/index.html")
     p.add_argument("--model", default=DEFAULT_MODEL); p.add_argument("--out", default="report")
     p.add_argument("--quick", action="store_true"); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probes", default="", help="comma-separated subset")
+    w = sub.add_parser("sweep", help="run a sweep spec on Ray (seqlab sweep SPEC), or summarize one (seqlab sweep summarize DIR)")
+    w.add_argument("spec", help="a YAML/TOML spec file, or the word 'summarize'"); w.add_argument("dir", nargs="?", help="with summarize: the sweep folder")
+    w.add_argument("--out", default="sweep"); w.add_argument("--address", default=None, help="a Ray cluster (default: $RAY_ADDRESS, else Ray starts here)")
+    w.add_argument("--num-cpus", type=int, default=None, help="CPUs for a Ray started here (default: all)")
+    w.add_argument("--max-retries", type=int, default=3, help="times a cell is retried when its worker process dies")
     b = sub.add_parser("bench", help="run the benchmarks in bench/")
     b.add_argument("--out", default="bench-results"); b.add_argument("--only", default="", help="comma-separated script names")
     d = sub.add_parser("docs", help="offline HTML preview of the documentation (Quarto builds the real site)")
@@ -240,7 +250,7 @@ def main(argv=None) -> int:
     "Entry point of the `seqlab` command."
     args = _parser().parse_args(argv)
     try:
-        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
+        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "sweep": _cmd_sweep, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
     except SeqlabError as e:
         print(f"seqlab: error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ Docs: https://seqlab.github.io/seqlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c004
 from __future__ import annotations
-import dataclasses, difflib, hashlib, json, math, os, random, shutil, tempfile, time
+import dataclasses, difflib, hashlib, json, math, os, random, shutil, tempfile, time, types, typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import torch
 # %% auto #0
 __all__ = ['NEEDS', 'SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError',
            'suggest', 'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'limit_threads', 'atomic_path',
-           'atomic_dir', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'Probe', 'register_probe',
-           'all_probes', 'get_probe', 'model_kind', 'check_needs', 'run_probe']
+           'atomic_dir', 'writable_folder', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'parse_value',
+           'config_keys', 'apply_overrides', 'Probe', 'register_probe', 'all_probes', 'get_probe', 'model_kind',
+           'check_needs', 'run_probe']
 
 # %% ../nbs/00_core.ipynb #c007
 class SeqlabError(Exception):
@@ -106,6 +107,18 @@ def atomic_dir(path: str | Path):
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
 
+# %% ../nbs/00_core.ipynb #c045
+def writable_folder(out: str | Path) -> Path:
+    "Create `out` if needed and check a file can be written there, before any long work starts."
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".seqlab-write-check") as t: t.write_text("ok")
+        (out / ".seqlab-write-check").unlink()
+    except OSError as e:
+        raise BadInput(f"Cannot write results to {out} ({type(e).__name__}: {e.strerror or e}); pass --out with a folder you can write.") from None
+    return out
+
 # %% ../nbs/00_core.ipynb #c022
 def seqlab_version() -> str:
     "The installed seqlab version."
@@ -165,8 +178,104 @@ class Result:
         "Rows of (name, value) for the scalar metrics; probes override this with their key numbers."
         return [[k, v] for k, v in self.metrics.items() if isinstance(v, (int, float, str))]
 
+# %% ../nbs/00_core.ipynb #c040
+_NONE_WORDS = ("none", "null")
+
+def _hint_options(hint) -> tuple[list, bool]:
+    "The concrete types a type hint allows, and whether it allows None (`int | None`, `Optional[int]`)."
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return [a for a in args if a is not type(None)], type(None) in args
+
+def _hint_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+def _phrase(typ) -> str:
+    "How a value of type `typ` is written, for error messages."
+    base = typing.get_origin(typ) or typ
+    return {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string",
+            list: "a list written as JSON, e.g. [1, 2]", tuple: "a tuple written as a JSON list, e.g. [1, 2]",
+            dict: 'a dict written as JSON, e.g. {"a": 1}'}.get(base, f"a {_hint_name(typ)}")
+
+def _convert(value, typ):
+    "`value` (a string or an object) as type `typ`, or raise ValueError/TypeError."
+    base = typing.get_origin(typ) or typ
+    if typ is Any: return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+    if base is bool:
+        if isinstance(value, bool): return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"): return value.lower() in ("true", "1", "yes")
+        raise ValueError
+    if base in (int, float):
+        if isinstance(value, bool) or (base is int and isinstance(value, float)): raise TypeError
+        return base(value)
+    if base is str:
+        if not isinstance(value, str): raise TypeError
+        return value
+    if base in (list, tuple, dict):
+        if isinstance(value, str): value = json.loads(value)
+        if base is dict and isinstance(value, dict): return value
+        if base is tuple and isinstance(value, (list, tuple)): return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if base is list and isinstance(value, (list, tuple)): return list(value)
+        raise TypeError
+    if isinstance(base, type) and not isinstance(value, base): raise TypeError   # a nested config, an enum, ...
+    return value
+
+def parse_value(value, hint, key: str = "value"):
+    "`value` (a string from the command line, or an object from a sweep spec) converted to the type hint `hint`."
+    options, nullable = _hint_options(hint)
+    if value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS and (nullable or str not in options)):
+        if nullable or hint is Any: return None
+        raise BadInput(f"{key} cannot be None; it takes {_phrase(hint)}.")
+    for typ in options:
+        try: return _convert(value, typ)
+        except (ValueError, TypeError): pass
+    raise BadInput(f"{key}={value!r} is not {' or '.join(_phrase(t) for t in options)}" + (" or none" if nullable else "") + ".")
+
+# %% ../nbs/00_core.ipynb #c042
+def _field_hints(cls) -> dict:
+    "Field name -> type hint of a dataclass (string annotations resolved; unresolvable ones taken as Any)."
+    try: return typing.get_type_hints(cls)
+    except Exception: return {f.name: Any for f in dataclasses.fields(cls)}
+
+def config_keys(cfg) -> list[str]:
+    "Every settable dotted key of a (nested) config dataclass, e.g. ['d', 'train.steps', ...]."
+    keys = []
+    for f in dataclasses.fields(cfg):
+        if not f.init: continue
+        v = getattr(cfg, f.name)
+        keys += [f"{f.name}.{k}" for k in config_keys(v)] if dataclasses.is_dataclass(v) and not isinstance(v, type) else [f.name]
+    return keys
+
+def apply_overrides(cfg, overrides: dict, _prefix: str = ""):
+    "A copy of the config dataclass `cfg` with dotted-key `overrides` applied (strings parsed to each field's type)."
+    if not overrides: return cfg
+    fields, hints = {f.name: f for f in dataclasses.fields(cfg) if f.init}, _field_hints(type(cfg))
+    nested: dict[str, dict] = {}; changes = {}
+    for key, value in overrides.items():
+        head, _, rest = str(key).partition(".")
+        full = _prefix + str(key)
+        if head not in fields:
+            keys = [_prefix + k for k in config_keys(cfg)]
+            raise BadInput(f"Unknown setting {full!r} for {type(cfg).__name__}.{suggest(full, keys)} "
+                           f"It accepts: {', '.join(keys)}.")
+        sub = getattr(cfg, head)
+        if rest:
+            if not (dataclasses.is_dataclass(sub) and not isinstance(sub, type)):
+                raise BadInput(f"Unknown setting {full!r}: {_prefix + head!r} is a plain value ({_hint_name(hints.get(head, Any))}), not a nested config.")
+            nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(sub) and not isinstance(sub, type):
+            raise BadInput(f"{full!r} is a nested config; set its fields with dotted keys: {', '.join(_prefix + head + '.' + k for k in config_keys(sub))}.")
+        else:
+            changes[head] = parse_value(value, hints.get(head, Any), full)
+    for head, sub_overrides in nested.items():
+        changes[head] = apply_overrides(getattr(cfg, head), sub_overrides, f"{_prefix}{head}.")
+    try: return dataclasses.replace(cfg, **changes)   # __post_init__ runs again at this level
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{type(cfg).__name__} refused {', '.join(f'{_prefix}{k}' for k in changes)}: {e}") from None
+
 # %% ../nbs/00_core.ipynb #c027
 NEEDS = ("attention", "recurrent", "any", "own")
+
+def _one_cpu() -> dict: return {"num_cpus": 1}   # lab probes run on one core; a probe on a big model asks for more (or a GPU)
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
@@ -178,15 +287,16 @@ class Probe:
     result: type        # the Result subclass `run` returns (used to reload its JSON)
     needs: str          # one of NEEDS
     page: str           # the notebook (docs page) that explains it
+    resources: dict = dataclasses.field(default_factory=_one_cpu)  # what one run takes, as Ray's options: num_cpus, num_gpus, memory (bytes)
 
     def __post_init__(self):
         if self.needs not in NEEDS: raise ValueError(f"Probe {self.name!r}: needs must be one of {NEEDS}, got {self.needs!r}")
 
     def make_config(self, quick: bool = False, seed: int | None = None, **overrides):
-        "The probe's config: `quick()` or the default, with the seed and any overrides applied."
+        "The probe's config: `quick()` or the default, with the seed and any (dotted-key) overrides applied by `apply_overrides`."
         cfg = self.config.quick() if quick else self.config()
         if seed is not None: overrides["seed"] = seed
-        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+        return apply_overrides(cfg, overrides)
 
     def load_result(self, path) -> Result:
         "A stored result of this probe, as its Result class."

@@ -6,7 +6,8 @@ Docs: https://seqlab.github.io/seqlab/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #c004
 from __future__ import annotations
-import dataclasses, json, math, random
+import dataclasses, fcntl, json, math, random, sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ from .core import (BadInput, CheckpointError, SeqlabError, atomic_dir, config_ha
 # %% auto #0
 __all__ = ['STEP_SEED_STRIDE', 'TrainConfig', 'TrainingDiverged', 'lr_at', 'batches_from_tokens', 'lm_loss', 'evaluate',
            'save_checkpoint', 'load_model', 'checkpoints_dir', 'list_checkpoints', 'train', 'checkpoint_path',
-           'checkpoint_step', 'trained']
+           'checkpoint_step', 'checkpoint_lock', 'trained']
 
 # %% ../nbs/04_train.ipynb #c007
 @dataclasses.dataclass
@@ -312,17 +313,31 @@ def checkpoint_step(path) -> int | None:
     try: return json.loads((Path(path) / _META).read_text()).get("step")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
 
+# %% ../nbs/04_train.ipynb #c038
+@contextmanager
+def checkpoint_lock(path, wait_note: bool = True):
+    "Hold an exclusive lock on the checkpoint folder `path` (a `.NAME.lock` file next to it) for the block; others wait."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_note: print(f"seqlab: waiting for another process to finish {path.name} ...", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield path
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 # %% ../nbs/04_train.ipynb #c030
 def trained(build: Callable[[], torch.nn.Module], data: Callable[[int], object], cfg: TrainConfig, name: str,
             key: dict | None = None, *, tokenizer=None, meta: dict | None = None, loss_fn: Callable | None = None,
             eval_data: list | None = None, threads: int | None = 1, device=None, root: Path | None = None
             ) -> tuple[torch.nn.Module, list[dict]]:
     """`build()` trained on `data` with `cfg`, or loaded from the cache: (model in eval mode, training history).
-    The folder is `checkpoint_path(name, model.cfg, cfg, key, root)`; a complete checkpoint is loaded, a partial one resumed."""
+    The folder is `checkpoint_path(name, model.cfg, cfg, key, root)`; a complete checkpoint is loaded, a partial one resumed.
+    Train-or-load holds `checkpoint_lock(folder)`: another process wanting the same checkpoint waits, then loads it."""
     torch.manual_seed(cfg.seed)     # the init of `torch.manual_seed(cfg.seed); model = build()`
     model = build()
     out = checkpoint_path(name, getattr(model, "cfg", None), cfg, key, root)
-    with limit_threads(threads):
+    with checkpoint_lock(out), limit_threads(threads):
         r = train(model, data, cfg, out=out, eval_data=eval_data, tokenizer=tokenizer, device=device, loss_fn=loss_fn,
                   meta={**(meta or {}), "name": name, "key": key})
     return model, r["history"]

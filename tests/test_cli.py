@@ -37,3 +37,30 @@ def test_unknown_probe_and_model_are_one_line_errors(tmp_path):
     assert r.returncode == 2 and "Did you mean: induction" in r.stderr and "Traceback" not in r.stderr
     r = seqlab("run", "induction", "--model", "gpt-9", "--out", str(tmp_path))
     assert r.returncode == 2 and "Unknown model 'gpt-9'" in r.stderr
+
+
+TINY_SETS = ["--set", "train.steps=10", "--set", "lsa_steps=10", "--set", "n_eval=32", "--set", "n_boot=10",
+             "--set", "lsa_batch=64", "--set", "batch_size=8"]
+
+
+def test_run_with_set_overrides_nested_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQLAB_HOME", str(tmp_path / "home"))
+    r = seqlab("run", "icl-regression", "--quick", "--seed", "2", "--out", str(tmp_path), *TINY_SETS, "--set", "backbone.n_layers=1")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "icl-regression.json").read_text())["config"]
+    assert (cfg["train"]["steps"], cfg["backbone"]["n_layers"], cfg["n_eval"], cfg["seed"], cfg["train"]["seed"]) == (10, 1, 32, 2, 2)
+
+
+def test_bad_set_and_unwritable_out_fail_before_any_work(tmp_path, capsys):
+    "One-line errors, exit status 2, nothing run or written (in-process: the same `main` the command calls)."
+    def err(*args):
+        assert main(list(args)) == 2
+        return capsys.readouterr().err
+    e = err("run", "icl-regression", "--quick", "--set", "train.step=10", "--out", str(tmp_path))
+    assert "Unknown setting 'train.step'" in e and "Did you mean: train.steps" in e
+    assert "n_eval='many' is not an int" in err("run", "icl-regression", "--quick", "--set", "n_eval=many", "--out", str(tmp_path))
+    assert "--set takes KEY=VALUE" in err("run", "icl-regression", "--quick", "--set", "n_eval", "--out", str(tmp_path))
+    assert not (tmp_path / "icl-regression.json").exists()
+    for cmd in (["run", "icl-regression", "--quick"], ["report", "--quick", "--probes", "induction"], ["sweep", "spec.yaml"]):
+        e = err(*cmd, "--out", "/proc/no/such/folder")
+        assert "Cannot write results to /proc/no/such/folder" in e and "Traceback" not in e, (cmd, e)

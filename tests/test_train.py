@@ -169,6 +169,11 @@ def test_non_lab_model_checkpoints_and_resumes_bitwise(tmp_path):
         train(torch.nn.Linear(2, 1), running_sum, cfg, out=tmp_path / "a", loss_fn=mse)
 
 
+def folders(root) -> list[str]:
+    "The checkpoint folders under `root` (not the `.NAME.lock` files next to them)."
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+
 def counted(data):
     "`data`, recording the steps it is asked for."
     def f(step): f.calls.append(step); return data(step)
@@ -183,7 +188,7 @@ def test_trained_trains_once_then_loads(tmp_path):
     m1, h1 = trained(build, data, cfg, "toy", key, tokenizer=TOK, root=tmp_path)
     assert data.calls == list(range(6)) and not m1.training and len(h1) == 6
     path = checkpoint_path("toy", m1.cfg, cfg, key, tmp_path)
-    assert checkpoint_step(path) == 6 and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert checkpoint_step(path) == 6 and folders(tmp_path) == [path.name]
     m2, h2 = trained(build, data, cfg, "toy", key, tokenizer=TOK, root=tmp_path)
     assert data.calls == list(range(6)) and h2 == h1      # loaded: no step taken
     assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
@@ -192,11 +197,11 @@ def test_trained_trains_once_then_loads(tmp_path):
     assert r3["history"] == h1 and all(torch.equal(v, m3.state_dict()[k]) for k, v in m1.state_dict().items())
     # what changes the weights changes the folder; progress does not
     trained(build, data, TrainConfig(steps=6, lr=5e-3, progress=True), "toy", key, root=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 1
+    assert len(folders(tmp_path)) == 1
     trained(build, data, cfg, "toy", {**key, "version": 2}, root=tmp_path)
     trained(lambda: build_model("Mamba2", {**CFGS["Mamba2"], "d_state": 8}), data, cfg, "toy", key, root=tmp_path)
     trained(build, data, TrainConfig(steps=6, lr=1e-3, progress=False), "toy", key, root=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 4
+    assert len(folders(tmp_path)) == 4
 
 
 def test_trained_resumes_a_partial_checkpoint(tmp_path):
@@ -221,3 +226,40 @@ def test_trained_takes_a_plain_module(tmp_path):
     assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
     torch.manual_seed(cfg.seed); m3 = Regressor()
     assert train(m3, running_sum, cfg, loss_fn=mse, device="cpu")["history"] == h1
+
+
+TWO_TRAINERS = """
+import hashlib, os, sys, time
+from pathlib import Path
+import torch
+from seqlab.archs import build_model
+from seqlab.train import TrainConfig, batches_from_tokens, trained
+root, V = Path(sys.argv[1]), 12
+(root / f"ready-{os.getpid()}").touch()
+while len(list(root.glob("ready-*"))) < 2: time.sleep(0.01)     # both processes reach trained() together
+tokens = (torch.randint(0, V, (32, 1), generator=torch.Generator().manual_seed(0)) + torch.arange(12)) % V
+base = batches_from_tokens(tokens, 4)
+def data(step):
+    with open(root / "steps.log", "a") as f: f.write(f"{os.getpid()} {step}\\n")
+    time.sleep(0.01)                                               # long enough for the other process to arrive
+    return base(step)
+cfg = TrainConfig(steps=60, lr=5e-3, progress=False)
+m, h = trained(lambda: build_model("LSTM", {"d_vocab": V, "d_model": 16, "n_layers": 1}), data, cfg, "shared", {"v": 1}, root=root / "ck")
+print(hashlib.sha256(b"".join(v.numpy().tobytes() for v in m.state_dict().values())).hexdigest(), len(h))
+"""
+
+
+def test_two_processes_share_one_checkpoint(tmp_path):
+    "Two processes asking for the same checkpoint at once: one trains, the other waits and loads; the folder is whole."
+    import subprocess, sys
+    script = tmp_path / "trainer.py"; script.write_text(TWO_TRAINERS)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    assert outs[0][0] == outs[1][0] and outs[0][0].split()[1] == "60"          # the same weights and history in both
+    trainers = {line.split()[0] for line in (tmp_path / "steps.log").read_text().splitlines()}
+    assert len(trainers) == 1, trainers                                         # trained once, by one process
+    assert sum("waiting for another process" in e for _, e in outs) == 1        # the other waited
+    (ck,) = [tmp_path / "ck" / n for n in folders(tmp_path / "ck")]
+    assert checkpoint_step(ck) == 60 and not [p for p in (tmp_path / "ck").iterdir() if p.name.endswith(".tmp")]
