@@ -11,6 +11,7 @@ from seqlab.collapse import (ALPHABET, CollapseConfig, ForgetMore, StateNorm, St
 from seqlab.core import BadInput, SeqlabError, get_probe
 from seqlab.train import TrainConfig
 from seqlab.kernels import chunk_state_pass
+from seqlab.viz import figure
 
 
 def tiny_model(seed=0, chunk=4):
@@ -214,6 +215,7 @@ def test_run_tiny_and_cache(tmp_path, monkeypatch):
     assert res2.metrics["collapse_onset"] == m["collapse_onset"]
     assert res2.metrics["loss_vs_position"] == m["loss_vs_position"]
     res.summary()
+    assert figure(res).data                         # the view draws what the probe measured
     assert json.loads(res.to_json())["probe"] == "collapse"
     probe = get_probe("collapse")
     assert (probe.needs, probe.page, probe.result) == ("own", "13_collapse", type(res))

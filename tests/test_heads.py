@@ -7,6 +7,7 @@ import torch
 from seqlab.capture import capture
 from seqlab.core import BadInput, get_probe
 from seqlab.heads import (SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ordinal_tasks, ov_outputs,
+from seqlab.viz import figure
                           ov_pairs_for_ids, roman_numerals, run_successor, shift_model, stacked_ov, succession_pairs,
                           succession_scores)
 
@@ -76,6 +77,7 @@ def test_successor_probe_on_embedded_model(smol):
     assert m["heads"][0]["score"] > 2 * m["chance_pooled"]
     assert m["ablation"]["best"] > m["ablation"]["random"]
     assert set(m) >= {"heads", "n_pairs", "dropped_pairs", "per_task", "mod10", "arithmetic_success", "ablation"}
+    assert figure(res).data
     with pytest.raises(BadInput, match="extended-embedding"): run_successor(smol, dataclasses.replace(cfg, ext="nope"))
 
 

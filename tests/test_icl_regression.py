@@ -9,6 +9,7 @@ from seqlab.icl_regression import (RegressionConfig, RegressionResult, averaging
                                    least_squares_predictions, lsa_gamma, lsa_predict, ridge_predictions, run_icl_regression,
                                    sample_regression, train_lsa)
 from seqlab.train import TrainConfig
+from seqlab.viz import figure
 
 def test_regression_baselines_hand_built():
     xs = torch.tensor([[[1., 0.], [0., 1.], [2., 3.]]]); w = torch.tensor([2., -1.])
@@ -64,6 +65,7 @@ def test_run_icl_regression_tiny_and_cached(tmp_home):
     r2 = run_icl_regression(None, cfg)                                  # loads the cached checkpoint
     assert r2.metrics["error_curve"]["transformer"] == m["error_curve"]["transformer"]
     assert r.summary() and len(list(tmp_home.glob("checkpoints/icl-regression-*"))) == 1
+    assert figure(r).data
 
 
 def test_registered_and_config_nests_backbone_and_training():

@@ -8,6 +8,7 @@ from seqlab.core import BadInput, get_probe
 from seqlab.icll import ICLLConfig, ICLLResult, ngram_backoff_dists, run_icll, zero_shot_ids
 from seqlab.regbench import LETTERS, ICLLModelsConfig, RegbenchConfig
 from seqlab.train import TrainConfig
+from seqlab.viz import figure
 
 
 def test_ngram_baselines_hand_built():
@@ -53,4 +54,5 @@ def test_zero_shot_ids_and_tiny_icll_run(smol, tmp_home):
     assert 0 <= m["zero_shot"]["strict_accuracy"] <= m["zero_shot"]["restricted_accuracy"] + 1e-9   # a letter argmax over the whole vocabulary is the letter argmax
     assert m["train_sizes"] == [8] and m["baselines_oracle"]["tvd"] == 0.0
     assert r.summary() and ICLLResult.from_dict(r.to_dict()).metrics == m
+    assert figure(r).data
     with pytest.raises(BadInput, match="n_zero_shot"): run_icll(None, cfg)

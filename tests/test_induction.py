@@ -2,6 +2,7 @@
 import torch
 
 from seqlab.heads import InductionConfig, induction_scores, run_induction
+from seqlab.viz import figure
 
 
 def test_induction_heads_found_and_second_copy_is_easy(smol):
@@ -14,6 +15,8 @@ def test_induction_heads_found_and_second_copy_is_easy(smol):
     assert len(m["induction_scores"]) == 30 and len(m["induction_scores"][0]) == 9
     d = res.to_dict()
     assert {"probe", "model", "config", "metrics", "seed", "seqlab_version", "elapsed_s"} <= set(d)
+    fig = figure(res)                                   # the view draws both grids, layer x head
+    assert [tuple(t.z.shape) for t in fig.data] == [(30, 9), (30, 9)]
 
 
 def test_induction_is_deterministic_given_the_seed(smol):

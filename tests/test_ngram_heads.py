@@ -5,6 +5,7 @@ import torch
 from seqlab.core import BadInput, get_probe
 from seqlab.ngram_heads import NgramConfig, icll_preset_name, ngram_head_scores, ngram_scan, run_ngram
 from seqlab.regbench import ICLLModelsConfig
+from seqlab.viz import figure
 
 
 def test_ngram_scores_on_hand_made_patterns():
@@ -30,6 +31,7 @@ def test_ngram_probe_on_embedded_model(smol):
     assert best["score"] > 0.5 and best["score"] > 3 * best["baseline"]   # induction-like heads exist on repeated words
     assert m["ngram_layer"] == {} and "trained" not in m             # icll models skipped when asked
     assert any("not measured" in str(r[1]) for r in res.summary())
+    assert figure(res).data
     with pytest.raises(BadInput, match="ns must be"): run_ngram(smol, NgramConfig(ns=(0,)))
 
 

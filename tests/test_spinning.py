@@ -13,6 +13,7 @@ from seqlab.zoo import list_models
 from seqlab.metabackdoor import (MetaModel, defense_scan, greedy_continue, inject_trigger, load_words, make_batch, pseudo_words,
                                  rouge_l, spin, spin_loss, vader_lexicon, word_starts)
 from seqlab.spinning import SpinConfig, run
+from seqlab.viz import figure
 
 
 def test_pseudo_words_hand_computed():
@@ -146,6 +147,7 @@ def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     # compensation is what keeps the main task with the trigger (measured: ROUGE-L 90 with it, 43 without)
     assert ab["calibrated", 0.7, True]["rouge_l_trigger"] > ab["calibrated", 0.7, False]["rouge_l_trigger"]
     json.loads(res.to_json()); res.summary()
+    assert figure(res).data
     # the spun model written is labelled as such, in safetensors only, and `seqlab models` says so
     (ck,) = [Path(c) for c in m["checkpoints"]]
     assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".safetensors"]

@@ -9,6 +9,7 @@ from seqlab.capture import token_surprisal
 from seqlab.core import BadInput, get_probe
 from seqlab.train import TrainConfig
 from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, ArchContrastConfig, Stimulus, VerbatimConfig,
+from seqlab.viz import figure
                              VerbatimResult, build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
                              make_stimulus, median_ci, repeat_surprisal, run, score_stimuli, second_list,
                              shifted_list, token_offsets, word_pieces, word_surprisal)
@@ -147,7 +148,7 @@ def test_probe_runs_and_repeat_is_cheaper(model):
     assert rs["repeat"]["10"]["median"] < rs["control"]["10"]["median"]
     assert set(res.metrics["by_intervening"]) == {str(t) for t in res.metrics["intervening_tokens"].values()}
     assert len(res.metrics["per_position"]["arbitrary"]["repeat"]["second"]) == 10
-    assert res.summary()
+    assert res.summary() and figure(res).data
     p = get_probe("verbatim")
     assert (p.run, p.config, p.result, p.needs, p.page) == (run, VerbatimConfig, VerbatimResult, "any", "12_verbatim")
 
