@@ -7,9 +7,9 @@ import torch
 from seqlab.capture import capture
 from seqlab.core import BadInput, get_probe
 from seqlab.heads import (SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ordinal_tasks, ov_outputs,
-from seqlab.viz import figure
                           ov_pairs_for_ids, roman_numerals, run_successor, shift_model, stacked_ov, succession_pairs,
                           succession_scores)
+from seqlab.viz import figure
 
 
 def _scan(model, n_items):

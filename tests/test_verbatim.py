@@ -9,10 +9,10 @@ from seqlab.capture import token_surprisal
 from seqlab.core import BadInput, get_probe
 from seqlab.train import TrainConfig
 from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, ArchContrastConfig, Stimulus, VerbatimConfig,
-from seqlab.viz import figure
                              VerbatimResult, build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
                              make_stimulus, median_ci, repeat_surprisal, run, score_stimuli, second_list,
                              shifted_list, token_offsets, word_pieces, word_surprisal)
+from seqlab.viz import figure
 
 
 # -- stimuli files ---------------------------------------------------------------------------------
