@@ -120,13 +120,13 @@ def test_icll_models_cached_and_read_through_capture(tmp_home):
     nets = icll_models(cfg, ["transformer", "lstm+ngram"], data=data)
     assert [m.name for m in nets.values()] == ["icll-transformer-n8", "icll-lstm+ngram-n8"]
     assert nets["transformer"].meta["n_params"] == sum(p.numel() for p in nets["transformer"].hooked.parameters())
-    ckpts = sorted(p.name for p in (tmp_home / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (tmp_home / "checkpoints").glob("icll-*"))
     assert len(ckpts) == 2 and ckpts[0].startswith("icll-lstm+ngram-n8-")
     again = icll_model("transformer", cfg, data=data)            # loaded from the cache: same weights
     for a, b in zip(again.hooked.parameters(), nets["transformer"].hooked.parameters()): assert torch.equal(a, b)
-    assert len(list((tmp_home / "checkpoints").iterdir())) == 2
+    assert len(list((tmp_home / "checkpoints").glob("icll-*"))) == 2
     small = icll_model("transformer", cfg, n_train=4, data=data)
-    assert small.name == "icll-transformer-n4" and len(list((tmp_home / "checkpoints").iterdir())) == 3
+    assert small.name == "icll-transformer-n4" and len(list((tmp_home / "checkpoints").glob("icll-*"))) == 3
     with pytest.raises(BadInput, match="exceeds"): icll_model("transformer", cfg, n_train=9, data=data)
     # letter_probs (through capture) equals the model's own forward pass, batch by batch
     rows = data["splits"]["test"]
