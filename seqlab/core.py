@@ -312,8 +312,9 @@ def register_probe(probe: Probe) -> Probe:
     return probe
 
 def all_probes() -> dict[str, Probe]:
-    "Every registered probe, in registration order."
-    return dict(_PROBES)
+    "Every registered probe in the lab's order: by the page that explains it, then as registered (not by import order)."
+    order = {name: i for i, name in enumerate(_PROBES)}
+    return dict(sorted(_PROBES.items(), key=lambda kv: (kv[1].page, order[kv[0]])))
 
 def get_probe(name: str) -> Probe:
     "The probe called `name`, or a SeqlabError listing the ones that exist."
