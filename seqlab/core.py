@@ -17,9 +17,9 @@ import torch
 # %% auto #0
 __all__ = ['NEEDS', 'SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError',
            'suggest', 'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'limit_threads', 'atomic_path',
-           'atomic_dir', 'writable_folder', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'parse_value',
-           'config_keys', 'apply_overrides', 'Probe', 'register_probe', 'all_probes', 'get_probe', 'model_kind',
-           'check_needs', 'run_probe']
+           'atomic_dir', 'writable_folder', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'provenance',
+           'parse_value', 'config_keys', 'apply_overrides', 'config_from_dict', 'Probe', 'register_probe', 'all_probes',
+           'get_probe', 'model_kind', 'check_needs', 'run_probe']
 
 # %% ../nbs/00_core.ipynb #c007
 class SeqlabError(Exception):
@@ -153,18 +153,21 @@ class Result:
     seed: int = 0
     elapsed_s: float = 0.0
     seqlab_version: str = dataclasses.field(default_factory=seqlab_version)
+    provenance: dict = dataclasses.field(default_factory=dict)   # how and where it was made: see `provenance()`
 
     def __post_init__(self):  # plain JSON types from the start, so a fresh result and a reloaded one look alike
-        self.config, self.metrics = to_jsonable(self.config), to_jsonable(self.metrics)
+        self.config, self.metrics, self.provenance = to_jsonable(self.config), to_jsonable(self.metrics), to_jsonable(self.provenance)
 
     def to_dict(self) -> dict: return to_jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(Result)})
     def to_json(self) -> str: return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":
-        missing = [f.name for f in dataclasses.fields(Result) if f.name not in d]
+        fields = dataclasses.fields(Result)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
         if missing: raise BadInput(f"A result record lacks {missing}; was it written by seqlab's Result.save?")
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(Result)})
+        return cls(**{f.name: d[f.name] for f in fields if f.name in d})   # records older than a field get its default
 
     @classmethod
     def load(cls, path) -> "Result": return cls.from_dict(json.loads(Path(path).read_text()))
@@ -177,6 +180,34 @@ class Result:
     def summary(self) -> list[list]:
         "Rows of (name, value) for the scalar metrics; probes override this with their key numbers."
         return [[k, v] for k, v in self.metrics.items() if isinstance(v, (int, float, str))]
+
+# %% ../nbs/00_core.ipynb #c048
+def _git(*args: str) -> str | None:
+    "Output of a git command run in seqlab's source folder, or None outside a git checkout (an installed wheel)."
+    import subprocess, seqlab
+    try: out = subprocess.run(["git", *args], cwd=Path(seqlab.__file__).parent, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError): return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+def _command(default: str) -> str:
+    "The command line when this process is the `seqlab` command, else `default` (a notebook, a test, a Ray worker)."
+    import sys
+    return " ".join(["seqlab", *sys.argv[1:]]) if sys.argv and Path(sys.argv[0]).name == "seqlab" else default
+
+def provenance(wall_s: float | None = None, command: str | None = None) -> dict:
+    "How and where a result was made: command, commit (and uncommitted changes), library versions, machine, wall time."
+    import datetime, importlib.metadata as md, platform
+    commit = _git("rev-parse", "HEAD")
+    versions = {"seqlab": seqlab_version(), "python": platform.python_version(), "torch": torch.__version__}
+    for lib in ("transformers", "transformer-lens", "numpy"):
+        try: versions[lib] = md.version(lib)
+        except md.PackageNotFoundError: pass
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"command": command or _command("python"), "commit": commit,
+            "uncommitted_changes": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "machine": {"platform": platform.platform(), "cpu": platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": cuda},
+            "wall_s": wall_s, "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 # %% ../nbs/00_core.ipynb #c040
 _NONE_WORDS = ("none", "null")
@@ -272,6 +303,24 @@ def apply_overrides(cfg, overrides: dict, _prefix: str = ""):
     except (TypeError, ValueError) as e:
         raise BadInput(f"{type(cfg).__name__} refused {', '.join(f'{_prefix}{k}' for k in changes)}: {e}") from None
 
+# %% ../nbs/00_core.ipynb #c051
+def _flat_settings(cfg, d: dict, prefix: str = "") -> dict:
+    "Dotted-key settings for `apply_overrides` from the JSON form `d` of config `cfg` (nested configs recursed into)."
+    derived = {f.name for f in dataclasses.fields(cfg) if not f.init}
+    out = {}
+    for k, v in d.items():
+        if k in derived: continue                       # fields with init=False are recomputed, not set
+        sub = getattr(cfg, k, None)
+        if isinstance(v, dict) and dataclasses.is_dataclass(sub) and not isinstance(sub, type): out.update(_flat_settings(sub, v, f"{prefix}{k}."))
+        else: out[prefix + k] = v
+    return out
+
+def config_from_dict(cls: type, d: dict):
+    "The config dataclass `cls` rebuilt from its JSON form (a Result's `config`); unknown keys raise BadInput."
+    if not isinstance(d, dict): raise BadInput(f"A {cls.__name__} is rebuilt from a dict (a result's config), got {type(d).__name__}.")
+    base = cls()
+    return apply_overrides(base, _flat_settings(base, d))
+
 # %% ../nbs/00_core.ipynb #c027
 NEEDS = ("attention", "recurrent", "any", "own")
 
@@ -347,4 +396,6 @@ def run_probe(probe: Probe | str, model, config=None) -> Result:
     t0 = time.time()
     res = probe.run(model, config)
     res.elapsed_s = time.time() - t0
+    model_name = getattr(model, "name", model)
+    res.provenance = provenance(round(res.elapsed_s, 3), _command(f"python: seqlab.run_probe({probe.name!r}, {model_name!r}, config)"))
     return res
