@@ -60,7 +60,7 @@ def test_run_icl_regression_tiny_and_cached(tmp_home):
     assert set(m["error_curve"]) >= {"transformer", "least_squares", "ridge", "3nn", "averaging", "lsa"}
     assert all(len(c) == 5 for c in m["error_curve"].values())
     assert m["error_curve"]["least_squares"][3] < 1e-6                 # k >= d: exact
-    assert set(m["shift"]) == set(m["error_curve"]) and m["lsa_closed_form_gap"] >= 0
+    assert set(m["shift"]) == set(m["error_curve"])
     assert list(tmp_home.glob("checkpoints/icl-regression-*/model.safetensors"))
     r2 = run_icl_regression(None, cfg)                                  # loads the cached checkpoint
     assert r2.metrics["error_curve"]["transformer"] == m["error_curve"]["transformer"]
@@ -74,3 +74,21 @@ def test_registered_and_config_nests_backbone_and_training():
     q = p.make_config(quick=True, seed=3)
     assert q.train.seed == 3 and q.train.steps == 2500 and q.backbone.n_ctx == 2 * q.n_points
     assert RegressionConfig(**dataclasses.asdict(q)) == q
+
+
+def test_trained_regressor_learns_in_context(tmp_home):
+    """A claim that can fail: a tiny Transformer trained for 800 steps on d=2 predicts the query better after five
+    examples than with none, beyond the 90% bootstrap bands (an untrained or broken trainer stays at ~1.0 everywhere),
+    and beats the 3-nearest-neighbour baseline on average over k = 1..5. Measured (n_eval 256): 0.96 at k=0 -> 0.62 at k=5.
+    At this scale it does NOT yet beat averaging at k=5 (0.62 vs 0.55) or approach least squares (0.0): that needs
+    the longer runs of the headline issue."""
+    backbone = dataclasses.replace(RegressionConfig().backbone, d_model=32, n_layers=2)
+    cfg = RegressionConfig(d=2, n_points=6, backbone=backbone,
+                           train=dataclasses.replace(RegressionConfig.quick().train, steps=800, eval_every=0),
+                           curriculum_every=0, n_eval=1024, n_boot=100, lsa_steps=20, lsa_batch=64, progress=False)
+    m = run_icl_regression(None, cfg).metrics
+    tf, band = m["error_curve"]["transformer"], m["error_band"]["transformer"]
+    lo, hi = band
+    assert tf[-1] < 0.8 * tf[0] and hi[-1] < lo[0], (tf, band)
+    knn = m["error_curve"]["3nn"]
+    assert sum(tf[1:]) < sum(knn[1:]), (tf, knn)
