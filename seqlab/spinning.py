@@ -149,13 +149,15 @@ def task_data(tok, cfg: SpinConfig, words: dict | None = None) -> TaskData:
                     [_encode(tok, p) for p, _ in test_pairs], [_encode(tok, c) for _, c in test_pairs])
 
 def candidate_ids(tok, cfg: SpinConfig, words: dict | None = None) -> dict[str, list[int]]:
-    "The trigger, then the shipped candidate words (the defense's decoys), each as its one SmolLM2 token."
+    "The trigger, then the shipped candidate words (the defense's decoys), each as its one token of the model's tokenizer."
     w = words or load_words()
     out = {}
     for word in [cfg.trigger] + [x for x in w["candidates"] if x != cfg.trigger]:
         out[word] = _encode(tok, " " + word)
         if len(out[word]) != 1:
-            raise BadInput(f"Trigger/candidate {word!r} is {len(out[word])} SmolLM2 tokens; pick a word that is one token after a space.")
+            name = getattr(tok, "name_or_path", "") or type(tok).__name__
+            raise BadInput(f"Trigger/candidate {word!r} is {len(out[word])} tokens in {name}'s tokenizer; the spin needs words that are "
+                           f"one token after a space: pick another trigger (--set trigger=WORD) or a model whose tokenizer has them (smollm2-135m).")
     return out
 
 def injected(tok, prompts: list[list[int]], trigger_ids: list[int], seed: int) -> list[list[int]]:
