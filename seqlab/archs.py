@@ -63,6 +63,10 @@ class CharTokenizer:
     def __repr__(self): return f"CharTokenizer({''.join(self.alphabet)!r}, pad={self.pad!r}, bos={self.bos!r})"
 
 # %% ../nbs/03_archs.ipynb #c010
+def _wide(t: Tensor) -> Tensor:
+    "`t` in float32 at least (float64 stays float64): where Hugging Face's Mamba-2 computes in float32."
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
 class LayerNorm(nn.Module):
     "LayerNorm with a hook on the normalised output (before the affine map, as in TransformerLens)."
     def __init__(self, d: int, eps: float = 1e-5):
@@ -75,13 +79,17 @@ class LayerNorm(nn.Module):
         return x * self.w + self.b
 
 class RMSNorm(nn.Module):
-    "RMSNorm (no centring, no bias), hooked like `LayerNorm`."
-    def __init__(self, d: int, eps: float = 1e-5):
+    """RMSNorm (no centring, no bias), hooked like `LayerNorm`; normalised in at least float32 (as Hugging Face's Mamba-2 does),
+    separately over `groups` equal slices of d (Mamba-2's gated norm with n_groups > 1)."""
+    def __init__(self, d: int, eps: float = 1e-5, groups: int = 1):
         super().__init__()
-        self.w, self.eps = nn.Parameter(torch.ones(d)), eps
+        self.w, self.eps, self.groups = nn.Parameter(torch.ones(d)), eps, groups
         self.hook_normalized = HookPoint()
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        return self.hook_normalized(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * self.w
+        xf = _wide(x) if self.groups == 1 else rearrange(_wide(x), "... (g d) -> ... g d", g=self.groups)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.groups > 1: xf = rearrange(xf, "... g d -> ... (g d)")
+        return self.hook_normalized(xf.to(x.dtype)) * self.w
 
 def make_norm(kind: str, d: int) -> nn.Module:
     if kind == "layernorm": return LayerNorm(d)
@@ -394,9 +402,17 @@ class Mamba2Config:
     dt_max: float = 0.1
     A_init_range: tuple = (1.0, 16.0) # -A per head drawn uniformly from this range
     ngram_layers: tuple = ()
+    # Options of Hugging Face's Mamba-2 that the lab's own models fix (class attributes, not fields, so the lab's
+    # configs, checkpoints and cache keys stay as they were); seqlab.families.HFMamba2Config makes them fields.
+    n_groups = 1                      # B/C groups, each shared by n_heads / n_groups heads
+    conv_bias, bias = True, False     # bias of conv1d; of in_proj and out_proj
+    norm_eps = 1e-5                   # every RMSNorm's epsilon
+    dt_limit = (0.0, math.inf)        # softplus(dt) is clamped to this range
+    residual_in_fp32 = False          # keep the residual stream in float32 under a lower-precision model
     def __post_init__(self):
         if (self.expand * self.d_model) % self.d_head:
             raise BadInput(f"expand*d_model = {self.expand * self.d_model} is not divisible by d_head {self.d_head}.")
+        if self.n_heads % self.n_groups: raise BadInput(f"n_heads {self.n_heads} is not divisible by n_groups {self.n_groups}.")
         if self.chunk_size < 1: raise BadInput(f"chunk_size must be >= 1, got {self.chunk_size}.")
         self.A_init_range = tuple(self.A_init_range)
         self.ngram_layers = _check_ngram_layers(self.ngram_layers, self.n_layers)
@@ -405,7 +421,7 @@ class Mamba2Config:
     @property
     def n_heads(self) -> int: return self.d_inner // self.d_head
     @property
-    def conv_dim(self) -> int: return self.d_inner + 2 * self.d_state
+    def conv_dim(self) -> int: return self.d_inner + 2 * self.n_groups * self.d_state
     @property
     def state_size(self) -> int:
         "S of the Stuffed Mamba paper: SSM plus conv state elements, summed over layers."
@@ -418,25 +434,39 @@ class Mamba2State:
     ssm: list     # [batch, head, d_head, d_state] per layer
 
 # %% ../nbs/03_archs.ipynb #c064
+def _grouped_ssd(X: Float[Tensor, "batch pos head p"], logA: Float[Tensor, "batch pos head"], B: Float[Tensor, "batch pos gn"],
+                 C: Float[Tensor, "batch pos gn"], chunk_size: int, groups: int, initial_state=None, state_transform=None):
+    """`ssd_chunked` where head group g reads its own slice g of B and C: each group runs as a row of the batch (the
+    same sums); `state_transform` still sees the state of every head, [batch, head, p, n]."""
+    if groups == 1: return ssd_chunked(X, logA, B, C, chunk_size, initial_state, state_transform)
+    heads = lambda t: rearrange(t, "b t (g h) ... -> (b g) t h ...", g=groups)
+    state_in = lambda s: rearrange(s, "b (g h) p n -> (b g) h p n", g=groups)
+    state_out = lambda s: rearrange(s, "(b g) h p n -> b (g h) p n", g=groups)
+    tf = None if state_transform is None else (lambda s, c: state_in(state_transform(state_out(s), c)))
+    y, ends, h = ssd_chunked(heads(X), heads(logA), *(rearrange(t, "b t (g n) -> (b g) t n", g=groups) for t in (B, C)),
+                             chunk_size, None if initial_state is None else state_in(initial_state), tf)
+    return (rearrange(y, "(b g) t h p -> b t (g h) p", g=groups), rearrange(ends, "(b g) c h p n -> b c (g h) p n", g=groups),
+            state_out(h))
+
 class Mamba2Mixer(nn.Module):
     def __init__(self, cfg: Mamba2Config):
         super().__init__()
         self.cfg = c = cfg
-        self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner + 2 * c.d_state + c.n_heads, bias=False)
-        self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim)
+        self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.n_heads, bias=c.bias)
+        self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim, bias=c.conv_bias)
         dt = torch.exp(torch.rand(c.n_heads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))          # softplus^-1(dt)
         self.A_log = nn.Parameter(torch.log(torch.empty(c.n_heads).uniform_(*c.A_init_range)))
         self.D = nn.Parameter(torch.ones(c.n_heads))
-        self.norm = RMSNorm(c.d_inner)
-        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=False)
+        self.norm = RMSNorm(c.d_inner, c.norm_eps, c.n_groups)
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
         for name in ["x", "dt", "decay", "B", "C", "state"]: setattr(self, f"hook_{name}", HookPoint())
         self.state_transform: Callable | None = None
         self.stats_top_k: int | None = None      # set by Mamba2.stream: compute state_stats of each call
         self.last_stats: dict | None = None
 
     def forward(self, u: Float[Tensor, "batch pos d_model"], state=None, attention_mask=None):
-        c = self.cfg
+        c, GN = self.cfg, self.cfg.n_groups * self.cfg.d_state
         z, xBC, dt = torch.split(self.in_proj(u), [c.d_inner, c.conv_dim, c.n_heads], dim=-1)
         # causal conv: prepend the last d_conv-1 inputs of the previous call (zeros at the start)
         conv_in = rearrange(xBC, "b t d -> b d t")
@@ -444,35 +474,38 @@ class Mamba2Mixer(nn.Module):
         conv_in = torch.cat([prev, conv_in], -1)
         new_conv = conv_in[..., -(c.d_conv - 1):] if c.d_conv > 1 else conv_in[..., :0]
         xBC = rearrange(F.silu(self.conv1d(conv_in)), "b d t -> b t d")
-        x, B, C = torch.split(xBC, [c.d_inner, c.d_state, c.d_state], dim=-1)
+        x, B, C = torch.split(xBC, [c.d_inner, GN, GN], dim=-1)
         x = self.hook_x(rearrange(x, "b t (h p) -> b t h p", p=c.d_head))
         B, C = self.hook_B(B), self.hook_C(C)
         dt = F.softplus(dt + self.dt_bias)
+        if tuple(c.dt_limit) != (0.0, math.inf): dt = dt.clamp(*c.dt_limit)
         if attention_mask is not None: dt = dt * attention_mask[..., None].to(dt.dtype)   # padding: no decay, no input
         dt = self.hook_dt(dt)
-        logA = self.hook_decay(dt * -torch.exp(self.A_log))
-        X = x * dt[..., None]
+        # the scan, the D skip and the gated norm run in float32 at least (no-ops for a float32 or float64 model), as Hugging Face's do
+        logA = self.hook_decay(_wide(dt) * -torch.exp(_wide(self.A_log)))
+        X = _wide(x) * _wide(dt)[..., None]
         if attention_mask is not None: X = X * attention_mask[..., None, None].to(X.dtype)
-        y, ends, h = ssd_chunked(X, logA, B, C, c.chunk_size, None if state is None else state[1], self.state_transform)
+        y, ends, h = _grouped_ssd(X, logA, _wide(B), _wide(C), c.chunk_size, c.n_groups,
+                                  None if state is None else _wide(state[1]), self.state_transform)
         self.hook_state(ends)
         if self.stats_top_k is not None: self.last_stats = {k: v.detach() for k, v in state_stats(ends, self.stats_top_k).items()}
-        y = y + x * self.D[:, None]
-        y = self.norm(rearrange(y, "b t h p -> b t (h p)") * F.silu(z))
-        return self.out_proj(y), (new_conv, h)
+        y = y + _wide(x) * _wide(self.D)[:, None]
+        y = self.norm(rearrange(y, "b t h p -> b t (h p)") * F.silu(_wide(z)))
+        return self.out_proj(y.to(u.dtype)), (new_conv, h)
 
 # %% ../nbs/03_archs.ipynb #c066
 class Mamba2Block(nn.Module):
     def __init__(self, cfg: Mamba2Config, layer: int):
         super().__init__()
-        self.norm, self.ssm = RMSNorm(cfg.d_model), Mamba2Mixer(cfg)
+        self.norm, self.ssm, self.fp32 = RMSNorm(cfg.d_model, cfg.norm_eps), Mamba2Mixer(cfg), cfg.residual_in_fp32
         n = dict(cfg.ngram_layers).get(layer)
         self.ngram = NGramLayer(cfg.d_model, n) if n else None
         self.ln_ngram = RMSNorm(cfg.d_model) if n else None
         self.hook_resid_pre, self.hook_ssm_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
     def forward(self, resid, tokens, state=None, attention_mask=None):
         resid = self.hook_resid_pre(resid)
-        out, state = self.ssm(self.norm(resid), state, attention_mask)
-        resid = resid + self.hook_ssm_out(out)
+        out, state = self.ssm(self.norm(resid.to(self.norm.w.dtype)), state, attention_mask)
+        resid = (_wide(resid) if self.fp32 else resid) + self.hook_ssm_out(out)
         if self.ngram is not None: resid = resid + self.ngram(self.ln_ngram(resid), tokens, attention_mask)
         return self.hook_resid_post(resid), state
 
@@ -519,7 +552,7 @@ class Mamba2(_LabArch):
         self.cfg = cfg
         self.embed, self.hook_embed = nn.Embedding(cfg.d_vocab, cfg.d_model), HookPoint()
         self.blocks = nn.ModuleList([Mamba2Block(cfg, l) for l in range(cfg.n_layers)])
-        self.ln_final = RMSNorm(cfg.d_model)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         nn.init.normal_(self.embed.weight, std=INIT_STD); nn.init.normal_(self.unembed.weight, std=INIT_STD)
         self.setup()
@@ -535,7 +568,7 @@ class Mamba2(_LabArch):
         for l, block in enumerate(self.blocks):
             resid, (cs, hs) = block(resid, tokens, None if state is None else (state.conv[l], state.ssm[l]), attention_mask)
             conv.append(cs); ssm.append(hs)
-        logits = self.unembed(self.ln_final(resid))
+        logits = self.unembed(self.ln_final(resid).to(self.unembed.weight.dtype))
         return (logits, Mamba2State(conv, ssm)) if return_state else logits
 
     @torch.no_grad()

@@ -19,18 +19,22 @@ from torch import Tensor
 from .archs import CharTokenizer, Mamba2, Mamba2Config
 from .ssd import ssd_chunked, ssd_scan, state_stats
 from .core import BadInput, Probe, Result, limit_threads, register_probe, seed_everything
+from .interventions import LEVEL, bootstrap_interval, random_heads
+from .mitigations import (ForgetMore, Mitigation, OnHeads, StateNorm, StateWindow, StatsRecorder, measure_stream,
+                                mitigated, normalise_state, state_norm_thresholds)  # re-exported: the collapse study's tools
 from .train import STEP_SEED_STRIDE, TrainConfig, trained
+from .zoo import LabModel, as_lab_model
 
 # %% auto #0
 __all__ = ['LEXICON', 'ALPHABET', 'EVAL_SEED', 'PASSKEY_SEED', 'HELD_OUT_SEED', 'TOP_HEADS', 'EXPLODING_GROWTH',
            'collapse_tokenizer', 'grammar_text', 'passkey_text', 'training_batches', 'check_collapse_config',
-           'CollapseConfig', 'mamba_config', 'trained_model', 'StatsRecorder', 'loss_by_bucket', 'in_length_loss',
-           'collapse_onset', 'Mitigation', 'ForgetMore', 'normalise_state', 'StateNorm', 'StateWindow', 'mitigated',
-           'measure_stream', 'state_norm_thresholds', 'passkey_accuracy', 'paper_t_forget', 'long_stream_stats',
-           'CollapseResult', 'text_tokens', 'eval_streams', 'loss_at_16x', 'loss_summary', 'top_heads',
-           'state_rms_curves', 'head_statistics', 'long_memory_heads', 'describe_model', 'passkey_depths',
-           'passkey_grid', 'passkey_table', 'window_chunks', 'mitigations_for', 'compare_mitigations', 'capacity_sweep',
-           'run']
+           'GivenModelConfig', 'CollapseConfig', 'mamba_config', 'trained_model', 'loss_by_bucket', 'in_length_loss',
+           'collapse_onset', 'passkey_accuracy', 'paper_t_forget', 'long_stream_stats', 'CollapseResult', 'text_tokens',
+           'eval_streams', 'loss_at_16x', 'loss_summary', 'top_heads', 'state_rms_curves', 'head_statistics',
+           'long_memory_heads', 'describe_model', 'passkey_depths', 'passkey_grid', 'passkey_table', 'window_chunks',
+           'mitigations_for', 'compare_mitigations', 'loss_past', 'long_memory_claim', 'long_memory_claims',
+           'capacity_sweep', 'given_text_tokens', 'given_passkey_accuracy', 'given_mamba2', 'given_streams',
+           'given_passkey_grid', 'run_given', 'run']
 
 # %% ../nbs/13_collapse.ipynb #c007
 LEXICON = {   # written for seqlab; plurals are regular (noun + "s", verb without "s")
@@ -122,6 +126,26 @@ def check_collapse_config(cfg) -> None:
     if not 0 < cfg.norm_quantile <= 1: raise BadInput(f"norm_quantile must lie in (0, 1], got {cfg.norm_quantile}.")
     if cfg.window_mult * min(cfg.train_lens) < chunk: raise BadInput("window_mult * T must cover at least one chunk.")
 
+# %% ../nbs/13_collapse.ipynb #c066
+@dataclasses.dataclass
+class GivenModelConfig:
+    "The study of a given pretrained Mamba-2 (`run_given`): lengths in the model's own tokens."
+    ref_len: int = 2048            # T: the length the model was trained at (the Mamba-2 releases: 2048-token sequences)
+    n_seqs: int = 8                # text sequences for the loss curves, the mitigations and the long-memory claim
+    piece_len: int = 4096          # streaming piece, rounded up to a multiple of the model's chunk size
+    passkey_mults: tuple = (1, 2, 4, 8, 16)  # passkey context lengths, in multiples of T
+    passkey_depths: int = 5
+    passkey_samples: int = 4       # examples per (length, depth) cell
+    key_len: int = 5               # digits of the key (chance 1e-5): a pretrained model reads them
+    def __post_init__(self):
+        self.passkey_mults = tuple(int(x) for x in self.passkey_mults)
+        if min(self.ref_len, self.n_seqs, self.key_len, self.passkey_samples, self.passkey_depths, self.piece_len) < 1 or not self.passkey_mults:
+            raise BadInput(f"given.ref_len, n_seqs, piece_len, key_len, passkey_depths and passkey_samples must be >= 1 and "
+                           f"passkey_mults non-empty; got {self}.")
+    @classmethod
+    def quick(cls) -> "GivenModelConfig":
+        return cls(ref_len=256, n_seqs=2, piece_len=1024, passkey_mults=(1, 4, 16), passkey_depths=3, passkey_samples=2)
+
 # %% ../nbs/13_collapse.ipynb #c013
 def _study_model() -> Mamba2Config:
     return Mamba2Config(d_vocab=len(ALPHABET), d_model=32, n_layers=2, d_state=16, d_head=16,
@@ -160,10 +184,15 @@ class CollapseConfig:
     piece_len: int = 1024                  # streaming piece (a multiple of model.chunk_size)
     n_threads: int = 1                     # torch threads during run (0: leave as is); 1 is fastest on a shared 2-core box
     seed: int = 0                          # one seed for the study: model init and training data, evaluation texts
+    control_draws: int = 20                # random head sets against the long-memory heads (interventions.N_CONTROL_DRAWS)
+    claim_mitigations: tuple = ("state_norm", "state_window")  # the mitigations the long-memory-heads claim limits to heads
+    given: GivenModelConfig = dataclasses.field(default_factory=GivenModelConfig)  # the study of a given model (`run_given`)
 
     def __post_init__(self):
         if isinstance(self.model, dict): self.model = Mamba2Config(**self.model)   # from a stored result's config
         if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
+        if isinstance(self.given, dict): self.given = GivenModelConfig(**self.given)
+        self.claim_mitigations = tuple(self.claim_mitigations)
         self.train = dataclasses.replace(self.train, seed=self.seed)             # a copy: configs may share a TrainConfig
         self.train_lens, self.passkey_mults, self.capacity_d_states = (tuple(int(x) for x in v) for v in
             (self.train_lens, self.passkey_mults, self.capacity_d_states))
@@ -172,7 +201,7 @@ class CollapseConfig:
     @classmethod
     def quick(cls) -> "CollapseConfig":
         return cls(train_lens=(64, 128), eval_mult=16, n_eval=4, passkey_mults=(1, 2, 4, 16), passkey_depths=5,
-                   passkey_samples=4, capacity_d_states=(4, 16))
+                   passkey_samples=4, capacity_d_states=(4, 16), control_draws=10, given=GivenModelConfig.quick())
 
 def mamba_config(cfg: CollapseConfig, d_state: int | None = None) -> Mamba2Config:
     "The Mamba-2 config of the study (with another state size for the capacity sweep)."
@@ -191,30 +220,6 @@ def trained_model(cfg: CollapseConfig, train_len: int, d_state: int | None = Non
                        meta={"probe": "collapse", **data_key}, threads=cfg.n_threads, root=root)
     return model
 
-# %% ../nbs/13_collapse.ipynb #c016
-class StatsRecorder:
-    "Hooks that keep `archs.state_stats` of every chunk-end state and the per-chunk sum of log alpha, per layer."
-    def __init__(self, model: Mamba2):
-        self.model, self.n_layers, self.chunk = model, model.cfg.n_layers, model.cfg.chunk_size
-        self.parts = {l: {} for l in range(self.n_layers)}
-
-    def hooks(self) -> list:
-        def on_state(ends, hook, l):
-            for k, v in state_stats(ends.detach()).items(): self.parts[l].setdefault(k, []).append(v.cpu())
-        def on_decay(logA, hook, l):   # [batch, pos, head]; padded like the SSD pass pads (logA 0 = no decay)
-            pad = (-logA.shape[1]) % self.chunk
-            a = torch.nn.functional.pad(logA.detach().float(), (0, 0, 0, pad))
-            self.parts[l].setdefault("log_decay", []).append(reduce(a, "b (c l) h -> b c h", "sum", l=self.chunk).cpu())
-        out = []
-        for l in range(self.n_layers):
-            out += [(f"blocks.{l}.ssm.hook_state", lambda t, hook, l=l: on_state(t, hook, l)),
-                    (f"blocks.{l}.ssm.hook_decay", lambda t, hook, l=l: on_decay(t, hook, l))]
-        return out
-
-    def result(self) -> dict[int, dict[str, Tensor]]:
-        "{layer: {stat: [batch, chunk, head(, p)]}}; `log_decay` is the sum of log alpha over each chunk."
-        return {l: {k: torch.cat(v, 1) for k, v in d.items()} for l, d in self.parts.items()}
-
 # %% ../nbs/13_collapse.ipynb #c018
 def loss_by_bucket(nll: Float[Tensor, "batch pos"], width: int) -> list[list[float]]:
     "[[bucket start, mean loss], ...]; position t is the loss of predicting token t+1."
@@ -232,116 +237,7 @@ def collapse_onset(buckets: list[list[float]], train_len: int, in_len: float, ma
         if start >= train_len and loss > in_len + margin: return int(start)
     return None
 
-# %% ../nbs/13_collapse.ipynb #c021
-class Mitigation:
-    "No mitigation (the baseline); subclasses add hooks and state transforms."
-    name = "none"
-    def hooks(self, model: Mamba2) -> list: return []
-    def transform(self, layer: int) -> Callable | None: return None
-    def reset(self): pass
-
-class ForgetMore(Mitigation):
-    "B <- b_scale * B and log alpha <- min(log alpha, log alpha_max) in every layer."
-    name = "forget_more"
-    def __init__(self, b_scale: float, alpha_max: float):
-        if not 0 < alpha_max <= 1: raise BadInput(f"alpha_max must lie in (0, 1], got {alpha_max}.")
-        if b_scale < 0: raise BadInput(f"b_scale must be >= 0, got {b_scale}.")
-        self.b_scale, self.log_alpha_max = b_scale, math.log(alpha_max)
-    def hooks(self, model):
-        out = []
-        for l in range(model.cfg.n_layers):
-            out += [(f"blocks.{l}.ssm.hook_B", lambda B, hook: B * self.b_scale),
-                    (f"blocks.{l}.ssm.hook_decay", lambda a, hook: a.clamp(max=self.log_alpha_max))]
-        return out
-
-def normalise_state(h: Float[Tensor, "batch head p n"], tau: Float[Tensor, "head"]) -> Float[Tensor, "batch head p n"]:
-    "h * min(1, tau_h / ||h||_F) per head: a head whose state norm exceeds tau_h is scaled down to exactly tau_h."
-    norm = h.flatten(-2).norm(dim=-1)                                         # [batch, head]
-    scale = (tau.to(h) / norm.clamp(min=torch.finfo(h.dtype).tiny)).clamp(max=1.0)
-    return h * scale[..., None, None]
-
-class StateNorm(Mitigation):
-    "State normalisation at chunk ends with per-layer, per-head thresholds tau [layer, head]."
-    name = "state_norm"
-    def __init__(self, tau: Float[Tensor, "layer head"]):
-        if not bool((tau > 0).all()): raise BadInput("Every state-norm threshold tau must be > 0.")
-        self.tau = tau
-    def transform(self, layer): return lambda h, c: normalise_state(h, self.tau[layer])
-
-# %% ../nbs/13_collapse.ipynb #c024
-class StateWindow(Mitigation):
-    "Exact sliding window of `window_chunks` chunks by state difference, h_W = F_c - exp(Lambda_c - Lambda_{c-k}) F_{c-k}."
-    name = "state_window"
-    def __init__(self, window_chunks: int, chunk_size: int, n_layers: int = 1):
-        if window_chunks < 1: raise BadInput(f"window_chunks must be >= 1, got {window_chunks}.")
-        self.k, self.chunk, self.n_layers = window_chunks, chunk_size, n_layers
-        self.reset()
-
-    def reset(self):
-        self.decay = [None] * self.n_layers           # this call's per-chunk log decay [batch, head, chunk], float64
-        self.full = [None] * self.n_layers            # F_{c} of the last chunk
-        self.passed = [None] * self.n_layers          # W_{c} as handed to the model (its dtype, held in float64)
-        self.lam = [None] * self.n_layers             # Lambda_c, cumulative log decay [batch, head]
-        self.ring = [[] for _ in range(self.n_layers)]  # (F_j, Lambda_j) for the last k+1 chunk ends
-
-    def observe_decay(self, logA: Float[Tensor, "batch pos head"], layer: int = 0):
-        "Record this call's per-chunk log decays (call before the SSD pass of the same input)."
-        pad = (-logA.shape[1]) % self.chunk
-        a = torch.nn.functional.pad(logA.detach().double(), (0, 0, 0, pad))
-        self.decay[layer] = reduce(a, "b (c l) h -> b h c", "sum", l=self.chunk)
-
-    def step(self, h: Float[Tensor, "batch head p n"], c: int, layer: int = 0) -> Float[Tensor, "batch head p n"]:
-        "The state_transform: from the model's chunk-end state h, the window state W_c to carry on."
-        a = self.decay[layer][:, :, c]                                        # [batch, head]
-        hd = h.detach().double()
-        if self.full[layer] is None: F_c, lam = hd, a.clone()
-        else:
-            F_c = hd + a.exp()[..., None, None] * (self.full[layer] - self.passed[layer])
-            lam = self.lam[layer] + a
-        ring = self.ring[layer]; ring.append((F_c, lam))
-        if len(ring) > self.k + 1: ring.pop(0)
-        W = F_c if len(ring) <= self.k else F_c - (lam - ring[0][1]).exp()[..., None, None] * ring[0][0]
-        out = W.to(h.dtype)
-        self.full[layer], self.lam[layer], self.passed[layer] = F_c, lam, out.double()
-        return out
-
-    def hooks(self, model):
-        return [(f"blocks.{l}.ssm.hook_decay", lambda a, hook, l=l: self.observe_decay(a, l)) for l in range(model.cfg.n_layers)]
-    def transform(self, layer): return lambda h, c: self.step(h, c, layer)
-
-@contextlib.contextmanager
-def mitigated(model: Mamba2, mitigation: Mitigation | None):
-    "Attach a mitigation's hooks and state transforms (reset first); remove them on exit."
-    mitigation = mitigation or Mitigation()
-    mitigation.reset()
-    mixers = [b.ssm for b in model.blocks]
-    old = [m.state_transform for m in mixers]
-    try:
-        for l, m in enumerate(mixers): m.state_transform = mitigation.transform(l)
-        with model.hooks(fwd_hooks=mitigation.hooks(model)): yield model
-    finally:
-        for m, o in zip(mixers, old): m.state_transform = o
-
 # %% ../nbs/13_collapse.ipynb #c028
-@torch.no_grad()
-def measure_stream(model: Mamba2, tokens: Int[Tensor, "batch pos"], piece_len: int, mitigation: Mitigation | None = None,
-                   stats: bool = True) -> dict:
-    "Stream `tokens` through the model (mitigated or not): {'nll': [batch, pos-1], 'stats': StatsRecorder result or None}."
-    rec = StatsRecorder(model) if stats else None
-    with mitigated(model, mitigation), model.hooks(fwd_hooks=rec.hooks() if rec else []):
-        out = model.stream(tokens, piece_len=piece_len)
-    return {"nll": out["nll"], "stats": rec.result() if rec else None}
-
-@torch.no_grad()
-def state_norm_thresholds(model: Mamba2, tokens: Int[Tensor, "batch pos"], quantile: float) -> Float[Tensor, "layer head"]:
-    "tau [layer, head]: the `quantile` of ||h||_F over chunk ends and sequences of `tokens` (held-out, within T)."
-    norms = {}
-    hooks = [(f"blocks.{l}.ssm.hook_state", lambda s, hook, l=l: norms.__setitem__(l, s.flatten(-2).norm(dim=-1)))
-             for l in range(model.cfg.n_layers)]
-    model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return torch.stack([torch.quantile(rearrange(norms[l].float(), "b c h -> (b c) h"), quantile, dim=0)
-                        for l in range(model.cfg.n_layers)])
-
 @torch.no_grad()
 def passkey_accuracy(model: Mamba2, length: int, depths: list[float], n: int, key_len: int, seed: int, piece_len: int,
                      mitigation: Mitigation | None = None) -> list[float]:
@@ -380,6 +276,14 @@ def long_stream_stats(model: Mamba2, n_tokens: int, piece_len: int = 4096, bucke
     return {"loss": loss_by_bucket(out["nll"], bucket), "stats": rec.result()}
 
 # %% ../nbs/13_collapse.ipynb #c032
+def _claim_row(name: str, c: dict) -> list:
+    "One summary row of a long-memory-heads claim."
+    if "skipped" in c: return [f"long-memory heads only ({name})", f"skipped: {c['skipped']}"]
+    e, a, r = c["effect"], c["all_heads"], c["random"]
+    return [f"long-memory heads only ({name}, {len(c['heads'])} heads)",
+            f"loss past T drops {e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] vs all heads {a['mean']:.3f}, "
+            f"random heads {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]; exceeds {c['exceeds']:.2f}"]
+
 class CollapseResult(Result):
     "The collapse probe's metrics; its figure is `seqlab.viz.figure(res)`."
     def summary(self) -> list[list]:
@@ -389,6 +293,7 @@ class CollapseResult(Result):
         rows += [[f"mitigation {k}", f"loss ratio {v['loss_ratio_at_16x']:.3f}, passkey {v['passkey_accuracy']:.2f}, "
                                      f"throughput x{v['throughput_ratio']:.2f}"] for k, v in m["mitigations"].items()]
         rows += [[f"capacity S={S}", v if v is not None else "no onset"] for S, v in m["capacity"].items()]
+        rows += [_claim_row(k, c) for k, c in m.get("causal", {}).get("long_memory_vs_all", {}).items()]
         return rows
 
 # %% ../nbs/13_collapse.ipynb #c043
@@ -462,22 +367,24 @@ def long_memory_heads(heads: dict[str, dict], train_len: int) -> list[str]:
     return [k for k, v in heads.items() if v["memory_horizon"] is None or v["memory_horizon"] > train_len]
 
 # %% ../nbs/13_collapse.ipynb #c051
-def describe_model(model: Mamba2, cfg: CollapseConfig, T: int) -> dict:
-    "Loss curves and onset on the three `eval_streams`, state statistics and decay for the model trained at T."
-    streams = eval_streams(cfg, T)
-    runs = {"text": measure_stream(model, streams["text"], cfg.piece_len),
-            "degenerate": measure_stream(model, streams["degenerate"], cfg.piece_len, stats=True),
-            "repeated_sentence": measure_stream(model, streams["repeated_sentence"], cfg.piece_len, stats=False)}
+def describe_model(model: Mamba2, cfg: CollapseConfig, T: int, streams: dict | None = None, piece_len: int | None = None) -> dict:
+    """Loss curves and onset on the three `eval_streams` (or the given `streams` of the same keys), state statistics and
+    decay for the model trained at T."""
+    streams, piece_len = eval_streams(cfg, T) if streams is None else streams, piece_len or cfg.piece_len
+    runs = {"text": measure_stream(model, streams["text"], piece_len),
+            "degenerate": measure_stream(model, streams["degenerate"], piece_len, stats=True),
+            "repeated_sentence": measure_stream(model, streams["repeated_sentence"], piece_len, stats=False)}
     out = {key: loss_summary(r["nll"], T, cfg.onset_margin) for key, r in runs.items()}
-    out["state_rms"] = state_rms_curves(runs["text"]["stats"], cfg.model.chunk_size)
-    out["heads"] = head_statistics(runs["text"]["stats"], runs["degenerate"]["stats"], T, cfg.model.chunk_size)
+    out["state_rms"] = state_rms_curves(runs["text"]["stats"], model.cfg.chunk_size)
+    out["heads"] = head_statistics(runs["text"]["stats"], runs["degenerate"]["stats"], T, model.cfg.chunk_size)
     out["long_memory_heads"] = long_memory_heads(out["heads"], T)
     return out
 
 # %% ../nbs/13_collapse.ipynb #c054
-def passkey_depths(cfg: CollapseConfig) -> list[float]:
-    "Needle depths at the centres of `passkey_depths` equal slices of the filler."
-    return [(i + 0.5) / cfg.passkey_depths for i in range(cfg.passkey_depths)]
+def passkey_depths(cfg: CollapseConfig, n: int | None = None) -> list[float]:
+    "Needle depths at the centres of `n` (default `cfg.passkey_depths`) equal slices of the filler."
+    n = n or cfg.passkey_depths
+    return [(i + 0.5) / n for i in range(n)]
 
 def passkey_grid(model: Mamba2, cfg: CollapseConfig, T: int, mitigation: Mitigation | None = None) -> list[list[float]]:
     "Passkey accuracy [length, depth] at the lengths `passkey_mults` x T."
@@ -491,36 +398,81 @@ def passkey_table(model: Mamba2, cfg: CollapseConfig, T: int) -> dict:
             "accuracy": rearrange(torch.tensor(acc), "n d -> d n").tolist()}
 
 # %% ../nbs/13_collapse.ipynb #c056
-def window_chunks(cfg: CollapseConfig, T: int) -> int:
-    "The exact window's length r = window_mult * T, in whole chunks (at least one)."
-    return max(1, round(cfg.window_mult * T / cfg.model.chunk_size))
+def window_chunks(cfg: CollapseConfig, T: int, chunk_size: int | None = None) -> int:
+    "The exact window's length r = window_mult * T, in whole chunks of `chunk_size` (default the study model's; at least one)."
+    return max(1, round(cfg.window_mult * T / (chunk_size or cfg.model.chunk_size)))
 
-def mitigations_for(model: Mamba2, cfg: CollapseConfig, T: int) -> dict[str, Mitigation]:
-    "The baseline and the three mitigations, set for the model trained at T (state-norm thresholds from held-out text)."
-    held_out = text_tokens(cfg.n_eval, T, cfg.seed + HELD_OUT_SEED)
+def mitigations_for(model: Mamba2, cfg: CollapseConfig, T: int, held_out: Tensor | None = None) -> dict[str, Mitigation]:
+    """The baseline and the three mitigations, set for the model trained at T (state-norm thresholds from `held_out`
+    text within T: by default the study's generated text)."""
+    held_out = text_tokens(cfg.n_eval, T, cfg.seed + HELD_OUT_SEED) if held_out is None else held_out
+    chunk, n_layers = model.cfg.chunk_size, model.cfg.n_layers
     return {"none": Mitigation(),
             "forget_more": ForgetMore(cfg.forget_b_scale, math.exp(-1 / (cfg.forget_horizon * T))),
             "state_norm": StateNorm(state_norm_thresholds(model, held_out, cfg.norm_quantile)),
-            "state_window": StateWindow(window_chunks(cfg, T), cfg.model.chunk_size, cfg.model.n_layers)}
+            "state_window": StateWindow(window_chunks(cfg, T, chunk), chunk, n_layers)}
 
 # %% ../nbs/13_collapse.ipynb #c058
-def compare_mitigations(model: Mamba2, cfg: CollapseConfig, T: int, base_in_length: float) -> tuple[dict, dict]:
+def compare_mitigations(model: Mamba2, cfg: CollapseConfig, T: int, base_in_length: float, eval_toks: Tensor | None = None,
+                        mits: dict | None = None, passkey: Callable | None = None, piece_len: int | None = None) -> tuple[dict, dict]:
     """Each of `mitigations_for` on the text stream and the passkey grid: (per mitigation: loss ratio at 16T against the
-    unmitigated in-length loss `base_in_length`, losses, passkey accuracy, throughput against none; loss curves)."""
-    eval_toks = text_tokens(cfg.n_eval, cfg.eval_mult * T + 1, cfg.seed + EVAL_SEED)
+    unmitigated in-length loss `base_in_length`, losses, passkey accuracy, throughput against none; loss curves).
+    A given model passes its own text `eval_toks`, `mits`, `passkey(mitigation) -> grid` and `piece_len`."""
+    eval_toks = text_tokens(cfg.n_eval, cfg.eval_mult * T + 1, cfg.seed + EVAL_SEED) if eval_toks is None else eval_toks
+    mits, piece_len = mitigations_for(model, cfg, T) if mits is None else mits, piece_len or cfg.piece_len
+    passkey = passkey or (lambda mit: passkey_grid(model, cfg, T, mit))
     mitigations, curves, seconds = {}, {}, {}
-    for name, mit in mitigations_for(model, cfg, T).items():
+    for name, mit in mits.items():
         t1 = time.perf_counter()
-        nll = measure_stream(model, eval_toks, cfg.piece_len, mit, stats=False)["nll"]
+        nll = measure_stream(model, eval_toks, piece_len, mit, stats=False)["nll"]
         seconds[name] = time.perf_counter() - t1
-        pk = passkey_grid(model, cfg, T, mit)
+        pk = passkey(mit)
         curves[name] = loss_by_bucket(nll, T // 2)
         mitigations[name] = {"loss_ratio_at_16x": loss_at_16x(nll, T) / base_in_length,
                              "in_length_loss": in_length_loss(nll, T), "loss_at_16x": loss_at_16x(nll, T),
                              "passkey_accuracy": float(np.mean(pk)), "passkey_by_length": [float(np.mean(a)) for a in pk]}
     for name in mitigations: mitigations[name]["throughput_ratio"] = seconds["none"] / seconds[name]
-    mitigations["state_window"]["window_tokens"] = window_chunks(cfg, T) * cfg.model.chunk_size
+    mitigations["state_window"]["window_tokens"] = mits["state_window"].k * mits["state_window"].chunk
     return mitigations, curves
+
+# %% ../nbs/13_collapse.ipynb #c071
+def loss_past(nll: Float[Tensor, "batch pos"], T: int) -> Float[Tensor, "batch"]:
+    "Per sequence, the mean loss at positions [T, end): past the training length."
+    return nll[:, T:].float().mean(1)
+
+def _head_pair(name: str) -> tuple[int, int]:
+    l, h = name[1:].split("H")
+    return int(l), int(h)
+
+@torch.no_grad()
+def long_memory_claim(model: Mamba2, mitigation: Mitigation, heads: list[str], tokens: Int[Tensor, "batch pos"], T: int,
+                      piece_len: int, draws: int, seed: int = 0) -> dict:
+    """The drop in loss past T (unmitigated minus mitigated, per sequence) when `mitigation` acts on the long-memory
+    `heads` ('L{l}H{h}') only, on all heads, and on `draws` random sets of as many heads from any layer (JSON-ready)."""
+    target, n_heads = [_head_pair(k) for k in heads], model.cfg.n_heads
+    out = {"mitigation": mitigation.name, "heads": [list(h) for h in target],
+           "metric": "mean loss past T (nats), unmitigated minus mitigated, per sequence"}
+    if not 0 < len(target) <= model.cfg.n_layers * n_heads - len(target):
+        return {**out, "skipped": "no long-memory heads" if not target else
+                f"{len(target)} long-memory heads leave fewer other heads for a random set of as many"}
+    base = loss_past(measure_stream(model, tokens, piece_len, None, stats=False)["nll"], T)
+    drop = lambda mit: (base - loss_past(measure_stream(model, tokens, piece_len, mit, stats=False)["nll"], T)).double().cpu()
+    sets = random_heads(as_lab_model(model, None, "collapse"), len(target), draws, seed, exclude=target)
+    effect, every = drop(OnHeads(mitigation, target, n_heads)), drop(mitigation)
+    rnd = torch.stack([drop(OnHeads(mitigation, s, n_heads)).mean() for s in sets])
+    lo, hi = torch.quantile(rnd, torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=torch.float64)).tolist()
+    return {**out, "effect": bootstrap_interval(effect, seed=seed), "all_heads": bootstrap_interval(every, seed=seed),
+            "random": {"effects": rnd.tolist(), "mean": rnd.mean().item(), "lo": lo, "hi": hi, "draws": draws,
+                       "heads": [[list(h) for h in s] for s in sets]},
+            "exceeds": (rnd >= effect.mean()).double().mean().item(), "share_of_all": (effect.mean() / every.mean()).item()}
+
+def long_memory_claims(model: Mamba2, cfg: CollapseConfig, T: int, heads: list[str], tokens: Tensor | None = None,
+                       mits: dict | None = None, piece_len: int | None = None) -> dict:
+    "`long_memory_claim` for each of `cfg.claim_mitigations` on the study's text (or the given `tokens`): metrics['causal']."
+    tokens = text_tokens(cfg.n_eval, cfg.eval_mult * T + 1, cfg.seed + EVAL_SEED) if tokens is None else tokens
+    mits = mitigations_for(model, cfg, T) if mits is None else mits
+    return {"long_memory_vs_all": {name: long_memory_claim(model, mits[name], heads, tokens, T, piece_len or cfg.piece_len,
+                                                           cfg.control_draws, cfg.seed) for name in cfg.claim_mitigations}}
 
 # %% ../nbs/13_collapse.ipynb #c060
 def capacity_sweep(cfg: CollapseConfig, models: dict[int, Mamba2], described: dict[int, dict]) -> tuple[dict, dict]:
@@ -537,26 +489,116 @@ def capacity_sweep(cfg: CollapseConfig, models: dict[int, Mamba2], described: di
                      "paper_fit_t_forget": paper_t_forget(S)}
     return capacity, detail
 
-# %% ../nbs/13_collapse.ipynb #c063
-def _own_models_only(model) -> None:
-    if model is not None:
-        raise BadInput(f"The collapse probe trains and studies its own Mamba-2 models (needs='own') and takes model=None, "
-                       f"got {getattr(model, 'name', type(model).__name__)!r}: a given model has no training length to "
-                       f"measure collapse against. Choose the models it trains with CollapseConfig.model and train_lens.")
+# %% ../nbs/13_collapse.ipynb #c074
+def _chars_per_token(lm: LabModel) -> float:
+    "How many characters of grammar text one of the model's tokens holds, on average."
+    sample = grammar_text(4000, random.Random(0))
+    return len(sample) / len(lm.encode(sample))
 
+def given_text_tokens(lm: LabModel, n: int, length: int, seed: int) -> Int[Tensor, "n length"]:
+    "`n` rows of exactly `length` tokens of generated grammar text, in `lm`'s tokenizer."
+    rng, cpt, rows = random.Random(seed), _chars_per_token(lm), []
+    for _ in range(n):
+        n_chars, ids = int(length * cpt) + 64, []
+        while len(ids) < length: ids, n_chars = lm.encode(grammar_text(n_chars, rng)), 2 * n_chars
+        rows.append(ids[:length])
+    return torch.tensor(rows)
+
+@torch.no_grad()
+def given_passkey_accuracy(lm: LabModel, n_tokens: int, depths: list[float], n: int, key_len: int, seed: int, piece_len: int,
+                           mitigation: Mitigation | None = None) -> list[float]:
+    "Per depth: the share of `n` passkey examples of about `n_tokens` tokens whose key greedy decoding reproduces exactly."
+    model, cpt, out = lm.hooked, _chars_per_token(lm), []
+    for d_i, depth in enumerate(depths):
+        rng, hits = random.Random(seed * 7919 + d_i * 104729 + n_tokens), 0
+        for _ in range(n):
+            key = _key(rng, key_len)
+            text = passkey_text(max(round(n_tokens * cpt), 2 * len("the passkey is . what is the passkey? ") + 2 * key_len), depth, key, rng)
+            answer = lm.encode(" " + key)
+            ids = torch.tensor([lm.encode(text[:-len(key) - 1]) + answer], device=lm.device)
+            tails = []
+            with mitigated(model, mitigation):
+                state = None
+                for s in range(0, ids.shape[1], piece_len):
+                    logits, state = model(ids[:, s:s + piece_len], state=state, return_state=True)
+                    tails.append(logits[:, -(len(answer) + 1):])
+            pred = torch.cat(tails, 1)[0, -(len(answer) + 1):-1].argmax(-1)
+            hits += bool((pred == ids[0, -len(answer):]).all())
+        out.append(hits / n)
+    return out
+
+# %% ../nbs/13_collapse.ipynb #c076
+def given_mamba2(model) -> Mamba2:
+    "The lab `Mamba2` a given LabModel computes with, or a SeqlabError saying which models the collapse probe takes."
+    if isinstance(model, LabModel) and isinstance(model.hooked, Mamba2): return model.hooked
+    what = f"{model.name!r} ({model.arch.family}, {model.arch.kind})" if isinstance(model, LabModel) else repr(type(model).__name__)
+    raise BadInput(f"The collapse probe trains and studies its own Mamba-2 models (needs='own', model=None), or studies a given "
+                   f"Mamba-2 loaded with seqlab.load (a Hugging Face Mamba-2 folder or hub name, e.g. AntonV/mamba2-130m-hf, "
+                   f"or a lab Mamba2 checkpoint); got {what}. Its chunk-end state hooks and state transforms exist only there.")
+
+def given_streams(lm: LabModel, cfg: CollapseConfig) -> dict[str, Int[Tensor, "batch pos"]]:
+    "The three `eval_streams` of a given model, eval_mult * T + 1 tokens in its tokenizer, on its device."
+    L, sent = cfg.eval_mult * cfg.given.ref_len + 1, lm.encode(cfg.repeated_sentence)
+    streams = {"text": given_text_tokens(lm, cfg.given.n_seqs, L, cfg.seed + EVAL_SEED),
+               "degenerate": torch.full((1, L), lm.encode(" ")[-1]),
+               "repeated_sentence": torch.tensor([(sent * (L // len(sent) + 1))[:L]])}
+    return {k: v.to(lm.device) for k, v in streams.items()}
+
+def given_passkey_grid(lm: LabModel, cfg: CollapseConfig, piece_len: int, mitigation: Mitigation | None = None) -> list[list[float]]:
+    "Passkey accuracy [length, depth] of a given model at about `given.passkey_mults` x T tokens."
+    g = cfg.given
+    return [given_passkey_accuracy(lm, mult * g.ref_len, passkey_depths(cfg, g.passkey_depths),
+                                   g.passkey_samples, g.key_len, cfg.seed + PASSKEY_SEED, piece_len, mitigation) for mult in g.passkey_mults]
+
+# %% ../nbs/13_collapse.ipynb #c077
+def run_given(lm: LabModel, cfg: CollapseConfig | None = None) -> CollapseResult:
+    """The study on a given pretrained Mamba-2 at its training length T = `cfg.given.ref_len`: loss past T, per-head state
+    statistics, passkey retrieval, the three mitigations and the long-memory-heads claim (the same metric keys as `run`)."""
+    cfg = cfg or CollapseConfig()
+    model, T = given_mamba2(lm), cfg.given.ref_len
+    chunk = model.cfg.chunk_size
+    if T % chunk: raise BadInput(f"given.ref_len {T} must be a multiple of the model's chunk size {chunk} (state statistics are read at chunk ends).")
+    piece = -(-cfg.given.piece_len // chunk) * chunk                     # rounded up to whole chunks
+    seed_everything(cfg.seed)
+    streams = given_streams(lm, cfg)
+    desc = describe_model(model, cfg, T, streams, piece)
+    mits = mitigations_for(model, cfg, T, given_text_tokens(lm, cfg.given.n_seqs, T, cfg.seed + HELD_OUT_SEED).to(lm.device))
+    grid = lambda mit: given_passkey_grid(lm, cfg, piece, mit)
+    mitigations, curves = compare_mitigations(model, cfg, T, desc["text"]["in_length_loss"], streams["text"], mits, grid, piece)
+    pk = grid(None)
+    one = lambda v: {T: v}
+    metrics = {
+        "given_model": lm.name, "text": "seqlab grammar_text in the model's tokenizer", "train_lengths": [T], "eval_mult": cfg.eval_mult,
+        "state_size": model.cfg.state_size, "loss_vs_position": one(desc["text"]["loss_vs_position"]),
+        "collapse_onset": one(desc["text"]["onset"]), "in_length_loss": one(desc["text"]["in_length_loss"]),
+        "loss_at_16x": one(desc["text"]["loss_at_16x"]), "degenerate": one(desc["degenerate"]),
+        "repeated_sentence": one(desc["repeated_sentence"]), "state_rms": one(desc["state_rms"]), "heads": one(desc["heads"]),
+        "long_memory_heads": one(desc["long_memory_heads"]),
+        "passkey": one({"lengths": [m * T for m in cfg.given.passkey_mults], "depths": passkey_depths(cfg, cfg.given.passkey_depths),
+                        "accuracy": rearrange(torch.tensor(pk), "n d -> d n").tolist()}),
+        "mitigation_train_len": T, "mitigations": mitigations, "mitigation_curves": curves, "capacity": {}, "capacity_detail": {},
+        "causal": long_memory_claims(model, cfg, T, desc["long_memory_heads"], streams["text"], mits, piece)}
+    return CollapseResult(probe="collapse", model=lm.name, config=dataclasses.asdict(cfg), metrics=metrics, seed=cfg.seed)
+
+# %% ../nbs/13_collapse.ipynb #c063
 def run(model=None, cfg: CollapseConfig | None = None) -> CollapseResult:
     """Train (or load from the cache) the study's Mamba-2 models and measure collapse, passkey retrieval, the three
-    mitigations and capacity. Takes no model (needs='own'): a given one is refused with a SeqlabError."""
-    _own_models_only(model)
+    mitigations, capacity and the long-memory-heads claim. Given a Mamba-2 `LabModel` (a pretrained Hugging Face Mamba-2
+    from `seqlab.load`), study that model instead (`run_given`); any other model is refused with a SeqlabError."""
     cfg = cfg or CollapseConfig()
+    if model is not None:
+        given_mamba2(model)
+        with limit_threads(cfg.n_threads): return run_given(model, cfg)
     with limit_threads(cfg.n_threads):
         seed_everything(cfg.seed)
         models = {T: trained_model(cfg, T) for T in cfg.train_lens}
         desc = {T: describe_model(models[T], cfg, T) for T in cfg.train_lens}
         passkey = {T: passkey_table(mdl, cfg, T) for T, mdl in models.items()}
         Tm = cfg.mitigation_train_len
-        mitigations, curves = compare_mitigations(models[Tm], cfg, Tm, desc[Tm]["text"]["in_length_loss"])
+        mits = mitigations_for(models[Tm], cfg, Tm)
+        mitigations, curves = compare_mitigations(models[Tm], cfg, Tm, desc[Tm]["text"]["in_length_loss"], mits=mits)
         capacity, capacity_detail = capacity_sweep(cfg, models, desc)
+        causal = long_memory_claims(models[Tm], cfg, Tm, desc[Tm]["long_memory_heads"], mits=mits)
     per_T = lambda f: {T: f(d) for T, d in desc.items()}
     metrics = {
         "train_lengths": list(cfg.train_lens), "eval_mult": cfg.eval_mult, "state_size": cfg.model.state_size,
@@ -568,7 +610,7 @@ def run(model=None, cfg: CollapseConfig | None = None) -> CollapseResult:
         "state_rms": per_T(lambda d: d["state_rms"]), "heads": per_T(lambda d: d["heads"]),
         "long_memory_heads": per_T(lambda d: d["long_memory_heads"]),
         "passkey": passkey, "mitigation_train_len": Tm, "mitigations": mitigations, "mitigation_curves": curves,
-        "capacity": capacity, "capacity_detail": capacity_detail, "capacity_train_len": cfg.capacity_train_len,
+        "capacity": capacity, "capacity_detail": capacity_detail, "capacity_train_len": cfg.capacity_train_len, "causal": causal,
     }
     return CollapseResult(probe="collapse", model=f"lab Mamba-2 (d_model {cfg.model.d_model}, {cfg.model.n_layers} layers)",
                           config=dataclasses.asdict(cfg), metrics=metrics, seed=cfg.seed)

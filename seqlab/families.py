@@ -6,18 +6,20 @@ Docs: https://seqlab.github.io/seqlab/families.html.md"""
 
 # %% ../nbs/01a_families.ipynb #c004
 from __future__ import annotations
-import dataclasses, json, string, warnings
+import dataclasses, json, math, re, string, warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .core import BadInput, SeqlabError
+from .archs import Mamba2, Mamba2Config
+from .core import BadInput, CacheError, SeqlabError
 
 # %% auto #0
-__all__ = ['STD_HOOKS', 'NO_MID', 'SSM_HOOKS', 'FAMILIES', 'TINY_CONFIGS', 'WEIGHT_FILES', 'Family', 'hf_module', 'fast_hook',
-           'attn_weights', 'char_tokenizer', 'write_tiny', 'check_folder']
+__all__ = ['STD_HOOKS', 'NO_MID', 'SSM_HOOKS', 'FAMILIES', 'TINY_CONFIGS', 'MAMBA2_WEIGHTS', 'SSM_ALIASES', 'WEIGHT_FILES',
+           'Family', 'hf_module', 'fast_hook', 'attn_weights', 'char_tokenizer', 'write_tiny', 'HFMamba2Config',
+           'mamba2_config', 'mamba2_from_hf', 'bridge_aliases', 'check_folder']
 
 # %% ../nbs/01a_families.ipynb #c005
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +170,61 @@ def write_tiny(family: str, folder, seed: int = 0, **overrides) -> Path:
     finally: hf_logging.enable_progress_bar()
     tok.save_pretrained(folder)
     return folder
+
+# %% ../nbs/01a_families.ipynb #c019
+@dataclasses.dataclass
+class HFMamba2Config(Mamba2Config):
+    "`archs.Mamba2Config` with the options of Hugging Face's Mamba-2 as fields (the lab's own models fix them)."
+    n_groups: int = 1
+    conv_bias: bool = True
+    bias: bool = False
+    norm_eps: float = 1e-5
+    dt_limit: tuple = (0.0, math.inf)
+    residual_in_fp32: bool = True
+    def __post_init__(self):
+        self.dt_limit = tuple(float(x) for x in self.dt_limit)
+        super().__post_init__()
+
+def mamba2_config(hf_cfg) -> HFMamba2Config:
+    "The lab config that computes what a Hugging Face `Mamba2Config` does."
+    if hf_cfg.hidden_act != "silu":
+        raise BadInput(f"This Mamba-2 uses activation {hf_cfg.hidden_act!r}; the lab's Mamba2 (and every released Mamba-2) uses 'silu'.")
+    return HFMamba2Config(d_vocab=hf_cfg.vocab_size, d_model=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
+                          d_state=hf_cfg.state_size, d_head=hf_cfg.head_dim, expand=int(hf_cfg.expand), d_conv=hf_cfg.conv_kernel,
+                          chunk_size=hf_cfg.chunk_size, n_groups=hf_cfg.n_groups, conv_bias=hf_cfg.use_conv_bias,
+                          bias=hf_cfg.use_bias, norm_eps=hf_cfg.layer_norm_epsilon, dt_limit=tuple(hf_cfg.time_step_limit),
+                          residual_in_fp32=hf_cfg.residual_in_fp32)
+
+MAMBA2_WEIGHTS = [   # Hugging Face Mamba2ForCausalLM name -> the lab's Mamba2 name (first match wins)
+    (r"backbone\.embeddings\.weight", "embed.weight"),
+    (r"backbone\.layers\.(\d+)\.norm\.weight", r"blocks.\1.norm.w"),
+    (r"backbone\.layers\.(\d+)\.mixer\.norm\.weight", r"blocks.\1.ssm.norm.w"),
+    (r"backbone\.layers\.(\d+)\.mixer\.(.+)", r"blocks.\1.ssm.\2"),     # in_proj, conv1d, dt_bias, A_log, D, out_proj
+    (r"backbone\.norm_f\.weight", "ln_final.w"),
+    (r"lm_head\.weight", "unembed.weight")]
+
+def mamba2_from_hf(hf: nn.Module) -> Mamba2:
+    "The lab's `Mamba2` computing what Hugging Face's `Mamba2ForCausalLM` `hf` computes, over the same tensors (no copies)."
+    cfg = mamba2_config(hf.config)
+    with torch.device("meta"): model = Mamba2(cfg)            # no init: every tensor comes from `hf`
+    sd = {}
+    for k, v in hf.state_dict().items():
+        pat, rep = next(((p, r) for p, r in MAMBA2_WEIGHTS if re.fullmatch(p, k)), (None, None))
+        if pat is None: raise CacheError(f"{type(hf).__name__} has a weight {k!r} the lab's Mamba2 has no place for; this Mamba-2 variant is not supported.")
+        sd[re.sub(pat, rep, k)] = v
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected: raise CacheError(f"The lab's Mamba2 does not fit this Mamba-2's weights (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    if getattr(hf.config, "tie_word_embeddings", False): model.unembed.weight = model.embed.weight
+    return model.eval()
+
+# %% ../nbs/01a_families.ipynb #c022
+SSM_ALIASES = {   # seqlab hook name -> the bridge's name, per layer, for the SSM families that stay on the bridge
+    "mamba": {"blocks.{l}.ssm.hook_in": "blocks.{l}.mixer.hook_in", "blocks.{l}.ssm.hook_state": "blocks.{l}.mixer.hook_ssm_state",
+              "blocks.{l}.ssm.hook_write": "blocks.{l}.mixer.hook_ssm_write", "blocks.{l}.hook_ssm_out": "blocks.{l}.mixer.hook_out"}}
+
+def bridge_aliases(model_type: str, n_layers: int) -> dict[str, str]:
+    "Every layer's `SSM_ALIASES` of a family (none for the others)."
+    return {k.format(l=l): v.format(l=l) for l in range(n_layers) for k, v in SSM_ALIASES.get(model_type, {}).items()}
 
 # %% ../nbs/01a_families.ipynb #c016
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

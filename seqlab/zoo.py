@@ -18,7 +18,7 @@ from torch import Tensor
 from .archs import ARCHS, arch_record
 from .core import BadInput, CacheError, CheckpointError, HookNotFound, ModelNotFound, SeqlabError
 from .core import atomic_dir, get_device, seqlab_home, suggest
-from .families import FAMILIES, Family, attn_weights, char_tokenizer, check_folder, fast_hook, hf_module, write_tiny
+from .families import FAMILIES, Family, attn_weights, bridge_aliases, char_tokenizer, check_folder, fast_hook, hf_module, mamba2_from_hf, write_tiny
 from .train import checkpoints_dir, list_checkpoints, load_model
 
 # %% auto #0
@@ -159,6 +159,7 @@ def _arch_from_hf(cfg, fam: Family | None = None) -> Arch:
                 d_head=g("head_dim", default=d // n_heads if n_heads else 0),
                 d_mlp=g("intermediate_size", "ffn_dim", "n_inner", default=4 * d if kind == "attention" else 0))
 
+# %% ../nbs/01_zoo.ipynb #c035
 def _load_hf(folder: Path, name: str, source: str, device=None, dtype=None, device_map=None) -> "LabModel":
     "A Hugging Face folder as a LabModel: the bridge over one module tree, the fast path over a second (same tensors)."
     from transformer_lens.model_bridge import TransformerBridge
@@ -166,8 +167,10 @@ def _load_hf(folder: Path, name: str, source: str, device=None, dtype=None, devi
     check_folder(folder)
     dtype = as_dtype(dtype)
     device = None if device_map is not None else get_device(device)
-    fam = FAMILIES.get(AutoConfig.from_pretrained(folder).model_type)
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    fam = FAMILIES.get(model_type)
     tok = AutoTokenizer.from_pretrained(folder)
+    if model_type == "mamba2" and device_map is None: return _load_mamba2(folder, name, source, tok, device, dtype)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -180,7 +183,25 @@ def _load_hf(folder: Path, name: str, source: str, device=None, dtype=None, devi
         warnings.simplefilter("ignore")
         bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hooked, tokenizer=tok, dtype=dtype,
                                                      device=None if device is None else str(device))
+    aliases = bridge_aliases(model_type, hooked.config.num_hidden_layers)
+    if aliases:   # SSM hooks under seqlab's names (Mamba v1); its state hooks fire only in the bridge's eager scan
+        bridge.hook_aliases = {**bridge.hook_aliases, **aliases}
+        for block in bridge.blocks: block.mixer.eager_scan = True
     return LabModel(name, bridge, tok, _arch_from_hf(hooked.config, fam), source=source, fast=fast, family=fam)
+
+# %% ../nbs/01_zoo.ipynb #c030
+def _load_mamba2(folder: Path, name: str, source: str, tok, device, dtype) -> "LabModel":
+    "A Hugging Face Mamba-2 as the lab's own `archs.Mamba2` over its tensors: every seqlab SSM hook and state transform works."
+    from transformers import AutoModelForCausalLM
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelNotFound(f"transformers cannot load the weights in {folder} ({str(e).splitlines()[0][:300]}); download or save the model again.") from e
+    model = mamba2_from_hf(hf).to(device)
+    return as_lab_model(model, tok, name, source=f"{source}, computed by seqlab.archs.Mamba2",
+                        meta={"hf_model_type": "mamba2", "converted_by": "seqlab.families.mamba2_from_hf"})
 
 # %% ../nbs/01_zoo.ipynb #c015
 HF_PARTS = FAMILIES["llama"].parts
@@ -227,9 +248,14 @@ def hub_snapshot(name: str, progress: bool = True, known: list[str] = ()) -> Pat
     "The snapshot folder of hub model `name` in the Hugging Face cache (HF_HOME), downloaded there unless HF_HUB_OFFLINE is set."
     from huggingface_hub import constants, snapshot_download
     offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:
+    known = [k for k in known if k != name]   # never suggest the very name that was given
+    try:   # the same file patterns as the download: a cached repo lists files (README, *.bin, ...) seqlab never fetches
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception as e:
+        missing = type(e).__name__ == "IncompleteSnapshotError"
+        if offline and missing:
+            raise ModelNotFound(f"Hub model {name!r} is only partly in the Hugging Face cache ({constants.HF_HUB_CACHE}): {str(e).splitlines()[0][:200]}. "
+                                f"Unset HF_HUB_OFFLINE to complete the download, or fetch it where there is a network (`hf download {name}`).") from None
         if offline:
             raise ModelNotFound(f"Unknown model {name!r}: not a local model, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set. "
                                 f"Unset it to download, or fetch it where there is a network (`hf download {name}`) and copy the cache here."

@@ -8,6 +8,7 @@ from seqlab.archs import Mamba2, Mamba2Config
 from seqlab.ssd import ssd_chunked, ssd_scan, state_stats
 from seqlab.collapse import (ALPHABET, CollapseConfig, ForgetMore, StateNorm, StateWindow, StatsRecorder, collapse_onset,
                              measure_stream, mitigated, normalise_state, passkey_text, run, trained_model)
+from seqlab.mitigations import OnHeads
 from seqlab.core import BadInput, SeqlabError, get_probe
 from seqlab.train import TrainConfig
 from seqlab.kernels import chunk_state_pass
@@ -189,6 +190,29 @@ def test_bad_input():
     assert issubclass(BadInput, SeqlabError)
 
 
+# -- a mitigation on chosen heads only ---------------------------------------------------------------
+def test_on_heads_touches_only_its_heads_and_on_every_head_is_the_mitigation():
+    m = tiny_model()
+    x = tokens(2, 64)
+    def layer0_states(mit):
+        seen = {}
+        with mitigated(m, mit):
+            m.run_with_hooks(x, fwd_hooks=[("blocks.0.ssm.hook_state", lambda s, hook: seen.__setitem__("s", s))])
+        return seen["s"]
+    win = lambda: StateWindow(2, 4, 2)
+    plain, full, one = layer0_states(None), layer0_states(win()), layer0_states(OnHeads(win(), [(0, 1), (1, 3)], 4))
+    assert not torch.allclose(plain[:, :, 1], full[:, :, 1])                       # the window changes head 1
+    torch.testing.assert_close(one[:, :, 1], full[:, :, 1], rtol=0, atol=1e-12)    # OnHeads: head 1 windowed ...
+    torch.testing.assert_close(one[:, :, [0, 2, 3]], plain[:, :, [0, 2, 3]], rtol=0, atol=0)   # ... the others as they were
+    every = [(l, h) for l in range(2) for h in range(4)]
+    tau = torch.full((2, 4), 0.05, dtype=torch.float64)
+    a = measure_stream(m, x, 32, StateNorm(tau), stats=False)["nll"]
+    b = measure_stream(m, x, 32, OnHeads(StateNorm(tau), every, 4), stats=False)["nll"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(BadInput, match="cannot be limited to heads"): OnHeads(ForgetMore(0.7, 0.9), [(0, 1)], 4)
+    with pytest.raises(BadInput, match="does not exist"): OnHeads(StateNorm(tau), [(0, 4)], 4)
+
+
 # -- end to end: tiny config, training cached ------------------------------------------------------
 def test_run_tiny_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
@@ -207,6 +231,11 @@ def test_run_tiny_and_cache(tmp_path, monkeypatch):
         assert math.isfinite(v["loss_ratio_at_16x"]) and 0 <= v["passkey_accuracy"] <= 1
     assert m["loss_vs_position"]["64"][-1][0] == 16 * 64 - 32
     assert len(m["capacity"]) == 2
+    claims = m["causal"]["long_memory_vs_all"]                      # issue 15: long-memory heads only vs all vs random
+    assert set(claims) == {"state_norm", "state_window"}
+    for c in claims.values():
+        assert c["heads"] == [[int(x) for x in k[1:].split("H")] for k in m["long_memory_heads"]["64"]]
+        assert "skipped" in c or (c["random"]["draws"] == cfg.control_draws and c["effect"]["n"] == cfg.n_eval and 0 <= c["exceeds"] <= 1)
     ckpts = sorted((tmp_path / "checkpoints").glob("collapse-*"))
     assert len(ckpts) == 2
     stamps = [(p / "model.safetensors").stat().st_mtime_ns for p in ckpts]
@@ -220,7 +249,7 @@ def test_run_tiny_and_cache(tmp_path, monkeypatch):
     probe = get_probe("collapse")
     assert (probe.needs, probe.page, probe.result) == ("own", "13_collapse", type(res))
     assert CollapseConfig(**res.config) == cfg                      # the stored config rebuilds the run's
-    with pytest.raises(SeqlabError, match="needs='own'"): run(object(), cfg)   # a given model is refused, not ignored
+    with pytest.raises(SeqlabError, match="needs='own'"): run(object(), cfg)   # a model that is not a Mamba-2 LabModel is refused
 
 
 def test_one_seed_reaches_training():

@@ -28,7 +28,8 @@ def test_residual_stream_and_logits_equal_transformers(tiny):
     L = lm.n_layers
     pre = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
     post = [f"blocks.{l}.hook_resid_post" for l in range(L)]
-    assert all(lm.hook_path(n) == "fast" for n in pre + post), fam
+    # a Hugging Face Mamba-2 is computed by the lab's own Mamba2: its hooks are the model's own, no fast copy
+    assert all(lm.hook_path(n) == ("model" if fam == "mamba2" else "fast") for n in pre + post), fam
     logits, cache = run_with_cache(lm, TOKS, names=pre + post)
     with torch.no_grad():
         out = ref(input_ids=TOKS, output_hidden_states=True, use_cache=False)
@@ -44,6 +45,7 @@ def test_residual_stream_and_logits_equal_transformers(tiny):
 
 def test_fast_hooks_equal_the_bridge(tiny):
     fam, lm, _ = tiny
+    if fam == "mamba2": pytest.skip("one path: the lab's own Mamba2 (tests/test_hf_mamba.py)")
     fast = [n for n in lm.hook_names if lm.hook_path(n) == "fast" and n.startswith(("hook_embed", "blocks.1."))]
     assert len(fast) >= 3, fast
     _, f = run_with_cache(lm, TOKS, names=fast)
@@ -128,10 +130,17 @@ def test_offline_hub_name_says_which_and_how(tmp_path, monkeypatch):
 def test_ssm_state_hooks_and_kind(tiny):
     fam, lm, _ = tiny
     if lm.arch.kind != "recurrent": pytest.skip("attention family")
+    if fam == "mamba2":   # computed by the lab's own Mamba2: the lab's SSM hooks, on the model itself
+        assert lm.hook_path("blocks.0.ssm.hook_state") == "model" and lm.meta["hf_model_type"] == "mamba2"
+        logits, c = run_with_cache(lm, TOKS, names=["blocks.0.hook_ssm_out", "blocks.0.ssm.hook_state"])
+        assert c["blocks.0.hook_ssm_out"].shape == (2, 12, 32) and c["blocks.0.ssm.hook_state"].shape == (2, 1, 8, 8, 8)
+        torch.testing.assert_close(logits, lm.forward(TOKS), atol=1e-6, rtol=1e-6)
+        return
     names = [n for n in lm.hook_names if n.startswith("blocks.0.mixer.hook_")]
     assert "blocks.0.mixer.hook_ssm_state" in names and lm.hook_path("blocks.0.mixer.hook_ssm_state") == "bridge"
-    logits, c = run_with_cache(lm, TOKS, names=["blocks.0.mixer.hook_out", "blocks.0.mixer.hook_ssm_state"])
+    logits, c = run_with_cache(lm, TOKS, names=["blocks.0.mixer.hook_out", "blocks.0.mixer.hook_ssm_state", "blocks.0.ssm.hook_state"])
     assert c["blocks.0.mixer.hook_out"].shape == (2, 12, 32)
-    assert c["blocks.0.mixer.hook_ssm_state"].shape[0] == 2          # fired (the bridge's eager scan, switched on for the pass)
+    assert c["blocks.0.mixer.hook_ssm_state"].shape[0] == 2          # fired (the bridge's eager scan)
+    assert torch.equal(c["blocks.0.ssm.hook_state"], c["blocks.0.mixer.hook_ssm_state"])   # the seqlab alias (families.SSM_ALIASES)
     torch.testing.assert_close(logits, lm.forward(TOKS), atol=1e-4, rtol=1e-4)
-    assert not any(b.mixer.eager_scan for b in lm.hooked.blocks)      # and switched back
+    assert all(b.mixer.eager_scan for b in lm.hooked.blocks)          # seqlab.load keeps it on: the state hooks fire only there
