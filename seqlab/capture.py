@@ -6,13 +6,14 @@ Docs: https://seqlab.github.io/seqlab/capture.html.md"""
 
 # %% ../nbs/02_capture.ipynb #c004
 from __future__ import annotations
-import inspect, json, math, os, re, weakref
+import inspect, json, math, os, re, sys, warnings, weakref
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -22,8 +23,8 @@ from .families import STD_HOOKS, fast_hook
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['DEFAULT_BUDGET_MB', 'FAST_HOOKS', 'pad_cat', 'token_surprisal', 'hooks', 'run_with_hooks', 'run_with_cache',
-           'Capture', 'estimate_bytes', 'capture']
+__all__ = ['DEFAULT_BUDGET_MB', 'PATTERN_ATTENTION', 'FAST_HOOKS', 'pad_cat', 'token_surprisal', 'hooks', 'run_with_hooks',
+           'run_with_cache', 'Capture', 'estimate_bytes', 'capture']
 
 # %% ../nbs/02_capture.ipynb #c005
 DEFAULT_BUDGET_MB = float(os.environ.get("SEQLAB_CAPTURE_BUDGET_MB", 4096))  # 4 GiB: well inside a laptop's memory
@@ -47,14 +48,92 @@ def token_surprisal(logits: Float[Tensor, "batch pos vocab"], ids: Int[Tensor, "
     s = torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     return torch.nn.functional.pad(s, (1, 0), value=float("nan"))
 
+# %% ../nbs/02_capture.ipynb #c024
+_RECORDERS: dict[nn.Module, Callable] = {}  # attention module -> record(weights), only while a capture asks for its pattern
+
+def _family_eager(module: nn.Module) -> Callable | None:
+    "The eager attention function of the module's own transformers family (GPT-2's scaling, Gemma-2's soft-cap), if any."
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+def _additive_mask(mask: Tensor | None, query: Tensor, key: Tensor) -> Tensor:
+    "The mask eager attention adds to its scores (0 or the dtype's minimum), from what SDPA gets: a boolean mask or None."
+    if mask is not None and mask.dtype != torch.bool: return mask  # already additive
+    if mask is None:  # SDPA then runs causal (as many queries as keys) or attends everywhere (one query)
+        q, k = query.shape[-2], key.shape[-2]
+        mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)
+    return torch.where(mask, torch.zeros((), dtype=query.dtype, device=query.device), torch.finfo(query.dtype).min)
+
+def _attend_sdpa(module, query, key, value, attention_mask, **kwargs):
+    "SDPA in every layer; a layer whose pattern is asked for also gets its weights from its family's eager function."
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    record = _RECORDERS.get(module)
+    if record is not None:  # weights only: SDPA's output is kept, so eager mixes an empty value tensor
+        _, weights = _family_eager(module)(module, query, key, value[..., :0], _additive_mask(attention_mask, query, key), **kwargs)
+        record(weights)
+    return out, None
+
+def _attend_eager(module, query, key, value, attention_mask, **kwargs):
+    "Eager in every layer (the family has no SDPA); keeps the weights of a layer whose pattern is asked for."
+    out, weights = _family_eager(module)(module, query, key, value, attention_mask, **kwargs)
+    record = _RECORDERS.get(module)
+    if record is not None: record(weights)
+    return out, weights
+
+# the fast path's own attention implementation -> the name seqlab's version is registered under, and its function
+PATTERN_ATTENTION = {"sdpa": ("seqlab_sdpa", _attend_sdpa), "eager": ("seqlab_eager", _attend_eager)}
+
+def _register_attention():
+    "Make seqlab's attention functions known to transformers, each with its base implementation's mask function."
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+    for base, (name, fn) in PATTERN_ATTENTION.items():
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask if base == "sdpa" else eager_mask)
+
+# %% ../nbs/02_capture.ipynb #c026
+_PATTERN = re.compile(r"blocks\.(\d+)\.attn\.hook_pattern")
+
+def _pattern_module(model: LabModel, layer: int) -> nn.Module | None:
+    "The fast path's attention module of `layer` when its pattern can be taken there; None when the bridge must serve it."
+    fast = model.fast
+    if fast is None or model.family is None or model.arch.kind != "attention" or "attn" not in model.family.parts: return None
+    if fast.config._attn_implementation not in PATTERN_ATTENTION or not getattr(fast, "_supports_attention_backend", False): return None
+    if not 0 <= layer < model.n_layers: return None
+    mod = model.fast_module("attn", layer)
+    # it must hand its queries and keys to the AttentionInterface (modules that do carry their layer_idx), read the
+    # model's config (where the implementation is switched) and have an eager function to take the weights from
+    ok = getattr(mod, "layer_idx", None) == layer and getattr(mod, "config", None) is fast.config and _family_eager(mod) is not None
+    return mod if ok else None
+
+@contextmanager
+def _recording_patterns(model: LabModel, modules: dict[str, nn.Module], record: Callable):
+    "Inside, the fast path's attention calls `record(name, weights)` for each module in `modules` (name -> module)."
+    if not modules: yield; return
+    _register_attention()
+    cfg = model.fast.config
+    base = cfg._attn_implementation
+    for n, mod in modules.items(): _RECORDERS[mod] = partial(record, n)
+    cfg._attn_implementation = PATTERN_ATTENTION[base][0]
+    try: yield
+    finally:
+        cfg._attn_implementation = base
+        for mod in modules.values(): _RECORDERS.pop(mod, None)
+
 # %% ../nbs/02_capture.ipynb #k003
 FAST_HOOKS = STD_HOOKS  # the Llama row's hooks; every family's own are in seqlab.families.FAMILIES[...].hooks
 
 def _fast_plan(model: LabModel, names: list[str]) -> list[tuple] | None:
-    "(name, module, 'pre' or 'out') for each name on the fast path, or None if any name needs the bridge."
+    "(name, module, 'pre' | 'out' | 'pattern') for each name on the fast path, or None if any name needs the bridge."
     if not model.has_fast_path: return None
     plan = []
     for n in names:
+        m = _PATTERN.fullmatch(n)
+        if m is not None:  # taken inside the attention function, not by a module hook
+            mod = _pattern_module(model, int(m.group(1)))
+            if mod is None: return None
+            plan.append((n, mod, "pattern"))
+            continue
         where = fast_hook(model.family, n)
         if where is None: return None
         part, layer, pre_out = where
@@ -64,27 +143,39 @@ def _fast_plan(model: LabModel, names: list[str]) -> list[tuple] | None:
 # %% ../nbs/02_capture.ipynb #k006
 def _first_tensor(x): return x[0] if isinstance(x, (tuple, list)) else x
 
+def _run_fast(model: LabModel, toks: Tensor, mask: Tensor, plan: list[tuple], keep: Callable) -> tuple[Tensor, dict]:
+    "Logits and {name: keep(name, activation)} from one pass of the fast path: module hooks, patterns from the attention."
+    store, handles = {}, []
+    for n, mod, where in plan:
+        if where == "pre":
+            fn = lambda m, args, kwargs, n=n: store.__setitem__(n, keep(n, args[0] if args else kwargs["hidden_states"]))
+            handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
+        elif where == "out":
+            fn = lambda m, args, out, n=n: store.__setitem__(n, keep(n, _first_tensor(out)))
+            handles.append(mod.register_forward_hook(fn))
+    patterns = {n: mod for n, mod, where in plan if where == "pattern"}
+    try:
+        with _recording_patterns(model, patterns, lambda n, w: store.__setitem__(n, keep(n, w))):
+            logits = model.forward_tokens(toks, mask)
+    finally:
+        for h in handles: h.remove()
+    return logits, store
+
 def _run_capturing(model: LabModel, toks: Tensor, mask: Tensor, names: list[str], keep: Callable) -> tuple[Tensor, dict]:
     "Logits and {name: keep(name, activation)} from one forward pass; the fast path when it can serve every name."
-    store, plan = {}, _fast_plan(model, names)
+    plan = _fast_plan(model, names)
     if plan is not None:
-        handles = []
-        for n, mod, where in plan:
-            if where == "pre":
-                fn = lambda m, args, kwargs, n=n: store.__setitem__(n, keep(n, args[0] if args else kwargs["hidden_states"]))
-                handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
-            else:
-                fn = lambda m, args, out, n=n: store.__setitem__(n, keep(n, _first_tensor(out)))
-                handles.append(mod.register_forward_hook(fn))
-        try: logits = model.forward_tokens(toks, mask)
-        finally:
-            for h in handles: h.remove()
-        return logits, store
+        logits, store = _run_fast(model, toks, mask, plan, keep)
+        missed = [n for n in names if n not in store]
+        if not missed: return logits, store
+        warnings.warn(f"{model.name} ({model.arch.family}): {missed[:3]} did not arrive on the fast path; running the bridge instead.")
+    store = {}
     def hook_fn(t, hook, name): store[name] = keep(name, t)
     with _gated_hooks(model, names), model.hooked.hooks(fwd_hooks=[(n, partial(hook_fn, name=n)) for n in names]):
         logits = model.forward_tokens(toks, mask, hooked=True)
     return logits, store
 
+# %% ../nbs/02_capture.ipynb #c028
 @contextmanager
 def _gated_hooks(model: LabModel, names: list[str]):
     "The bridge computes per-head results (hook_result) only when asked: switch that on for this pass only."

@@ -27,7 +27,8 @@ class Family:
     "Where the parts of one Hugging Face causal-LM family live, and how its attention is laid out."
     kind: str                 # 'attention' or 'recurrent'
     parts: dict               # part -> module path ('{layer}' per block); a tuple of paths = those modules in sequence
-    hooks: dict               # seqlab hook (regex) -> (part, 'pre' | 'out'): served by plain PyTorch hooks on that part
+    hooks: dict               # seqlab hook (regex) -> (part, 'pre' | 'out' | 'pattern'): a plain PyTorch hook on that part,
+                              # or ('pattern') the weights seqlab.capture takes inside that part's attention function
     qkv: str = "split"        # 'split' q/k/v parts; 'fused' one qkv part [q|k|v]; 'conv1d' GPT-2 (in, out) weights;
                               # 'per_head' GPT-NeoX: per head [q k v] in one part
     parallel: bool = False    # attention and MLP both read resid_pre (GPT-NeoX): no resid_mid
@@ -41,7 +42,8 @@ def _block(prefix: str, **rel) -> dict:
 
 _H = r"blocks\.(\d+)\."
 STD_HOOKS = {r"hook_embed": ("embed", "out"), _H + "hook_resid_pre": ("block", "pre"), _H + "hook_resid_mid": ("ln2", "pre"),
-             _H + "hook_resid_post": ("block", "out"), _H + "hook_attn_out": ("attn", "out"), _H + "hook_mlp_out": ("mlp", "out")}
+             _H + "hook_resid_post": ("block", "out"), _H + "hook_attn_out": ("attn", "out"), _H + "hook_mlp_out": ("mlp", "out"),
+             _H + r"attn\.hook_pattern": ("attn", "pattern")}   # taken inside the attention function by seqlab.capture
 NO_MID = {k: v for k, v in STD_HOOKS.items() if "resid_mid" not in k}
 SSM_HOOKS = {k: v for k, v in STD_HOOKS.items() if "resid_p" in k or k == "hook_embed"}
 

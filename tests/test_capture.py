@@ -1,9 +1,12 @@
-"capture: streaming equals one-shot, reductions, spill to disk and back, the budget refusal."
+"capture: streaming equals one-shot, reductions, spill to disk and back, the budget refusal; patterns on the fast path."
+from contextlib import contextmanager
+
 import pytest
 import torch
 
-from seqlab.capture import Capture, capture, pad_cat
+from seqlab.capture import Capture, capture, pad_cat, run_with_cache
 from seqlab.core import BadInput, OverBudget
+from seqlab.families import FAMILIES, TINY_CONFIGS, write_tiny
 
 TEXTS = ["Monday, Tuesday, Wednesday", "one two three four", "The cat sat on the mat.", "A B C D E",
          "January February", "first second third", "It was a dark and stormy night."]
@@ -120,3 +123,86 @@ def test_a_padded_token_tensor_with_its_mask_equals_the_texts(tiny_hf):
         capture(tiny_hf, toks, "logits", attention_mask=mask.flip(1), progress=False)
     with pytest.raises(BadInput, match="token tensor"):
         capture(tiny_hf, texts, "logits", attention_mask=mask, progress=False)
+
+
+# ---- attention patterns on the fast path (SDPA everywhere, eager weights only in the asked layers) ----
+ATTENTION_FAMILIES = sorted(f for f in TINY_CONFIGS if FAMILIES[f].kind == "attention")
+PAD_TOKS = torch.tensor([[5, 17, 30, 44, 60, 8, 9, 70, 71, 12, 33, 5], [40, 41, 42, 43, 44, 45, 46, 0, 0, 0, 0, 0]])
+PAD_MASK = (PAD_TOKS != 0).long()  # the second row is right-padded
+
+
+@pytest.fixture(scope="module", params=ATTENTION_FAMILIES)
+def attn_family(request, tmp_path_factory):
+    "(family, LabModel, transformers' own model of the same folder with eager attention)."
+    import warnings
+    from transformers import AutoModelForCausalLM
+    from seqlab.zoo import load
+    folder = write_tiny(request.param, tmp_path_factory.mktemp("pat") / request.param)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    return request.param, load(folder, progress=False), ref
+
+
+@contextmanager
+def attention_calls(lm, monkeypatch):
+    "Which layers ran the family's eager function, which ran SDPA, and how often the bridge ran, during the block."
+    import sys
+    from transformers.modeling_utils import AttentionInterface
+    seen = {"eager": [], "sdpa": [], "bridge": 0}
+    family_module = sys.modules[type(lm.fast_module("attn", 0)).__module__]
+    eager, sdpa = family_module.eager_attention_forward, AttentionInterface._global_mapping["sdpa"]
+    def counting(kind, fn):
+        def wrapped(module, *a, **k): seen[kind].append(module.layer_idx); return fn(module, *a, **k)
+        return wrapped
+    monkeypatch.setattr(family_module, "eager_attention_forward", counting("eager", eager))
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", counting("sdpa", sdpa))
+    h = lm.hooked.register_forward_pre_hook(lambda *a: seen.__setitem__("bridge", seen["bridge"] + 1))
+    try: yield seen
+    finally:
+        h.remove(); monkeypatch.undo()
+
+
+def test_pattern_on_the_fast_path_equals_the_bridge_and_transformers_eager(attn_family, monkeypatch):
+    fam, lm, ref = attn_family
+    name = "blocks.1.attn.hook_pattern"
+    with torch.no_grad(), attention_calls(lm, monkeypatch) as seen:
+        logits, fast = run_with_cache(lm, PAD_TOKS, names=[name], attention_mask=PAD_MASK)
+    # only the asked layer ran eager; every other layer ran SDPA (Gemma-2 has none: eager everywhere); no bridge
+    assert seen == ({"eager": [0, 1], "sdpa": [], "bridge": 0} if not FAMILIES[fam].sdpa else
+                    {"eager": [1], "sdpa": [0, 1], "bridge": 0}), (fam, seen)
+    assert torch.equal(logits, lm.forward(PAD_TOKS, attention_mask=PAD_MASK)), fam  # SDPA's output is what the layer returns
+    _, bridge = run_with_cache(lm, PAD_TOKS, names=[name, "blocks.1.attn.hook_z"], attention_mask=PAD_MASK)  # all on the bridge
+    with torch.no_grad():
+        hf = ref(input_ids=PAD_TOKS, attention_mask=PAD_MASK, output_attentions=True, use_cache=False).attentions[1]
+    assert fast[name].shape == (2, lm.arch.n_heads, 12, 12)   # key/value heads expanded to query heads
+    for other, what in ((bridge[name], "bridge"), (hf, "transformers eager")):  # padded rows included
+        torch.testing.assert_close(fast[name], other, atol=1e-5, rtol=1e-5, msg=lambda m: f"{fam} vs {what}: {m}")
+    assert fast[name][1, :, :7, 7:].abs().max() == 0  # real tokens never attend to padding
+    assert lm.fast.config._attn_implementation == ("sdpa" if FAMILIES[fam].sdpa else "eager")  # switched back
+
+
+def test_a_module_without_layer_idx_falls_back_to_the_bridge(tiny_hf, monkeypatch):
+    lm, name = tiny_hf, "blocks.0.attn.hook_pattern"
+    _, fast = run_with_cache(lm, PAD_TOKS, names=[name], attention_mask=PAD_MASK)
+    monkeypatch.delattr(lm.fast_module("attn", 0), "layer_idx")
+    seen = []
+    h = lm.hooked.register_forward_pre_hook(lambda *a: seen.append(1))
+    try: _, slow = run_with_cache(lm, PAD_TOKS, names=[name], attention_mask=PAD_MASK)
+    finally: h.remove()
+    assert seen == [1]
+    torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-5)
+
+
+def test_pattern_capture_on_the_embedded_model_equals_the_bridge(smol):
+    texts = ["The capital of France is Paris.", "One two three", "Monday, Tuesday"]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in (0, 14, 29)]
+    seen = []
+    h = smol.hooked.register_forward_pre_hook(lambda *a: seen.append(1))
+    try: fast = capture(smol, texts, names + ["logits"], progress=False)
+    finally: h.remove()
+    assert seen == []  # not one bridge pass
+    slow = capture(smol, texts, names + ["blocks.0.attn.hook_z", "logits"], progress=False)
+    for n in names: torch.testing.assert_close(fast[n], slow[n], atol=1e-5, rtol=1e-5)
+    plain = capture(smol, texts, ["logits"], progress=False)
+    assert torch.equal(fast["logits"], plain["logits"])

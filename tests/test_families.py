@@ -49,7 +49,8 @@ def test_fast_hooks_equal_the_bridge(tiny):
     fast = [n for n in lm.hook_names if lm.hook_path(n) == "fast" and n.startswith(("hook_embed", "blocks.1."))]
     assert len(fast) >= 3, fast
     _, f = run_with_cache(lm, TOKS, names=fast)
-    extra = "blocks.1.attn.hook_pattern" if lm.arch.kind == "attention" else "blocks.1.mixer.hook_out"
+    if lm.arch.kind == "attention": assert lm.hook_path("blocks.1.attn.hook_pattern") == "fast"   # capture takes it in the attention function
+    extra = "blocks.1.attn.hook_z" if lm.arch.kind == "attention" else "blocks.1.mixer.hook_out"
     assert lm.hook_path(extra) == "bridge"
     _, b = run_with_cache(lm, TOKS, names=fast + [extra])
     for n in fast:  # (the bridge's OPT hook_mlp_out comes flattened to [batch * pos, d_model])
