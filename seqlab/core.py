@@ -127,7 +127,9 @@ def seqlab_version() -> str:
 
 def to_jsonable(x: Any) -> Any:
     "Convert tensors, arrays, numpy scalars, dataclasses and paths into plain JSON types."
-    if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()   # numpy has no bfloat16
     if isinstance(x, np.ndarray): return to_jsonable(x.tolist())
     if isinstance(x, np.generic): return to_jsonable(x.item())
     if isinstance(x, float): return x if math.isfinite(x) else None
