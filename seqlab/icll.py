@@ -185,6 +185,7 @@ def run_icll(model: LabModel | None, cfg: ICLLConfig | None = None) -> ICLLResul
     `model` (any pretrained LabModel) is only read for the zero-shot test; None is accepted when `cfg.n_zero_shot` is 0."""
     cfg = ICLLConfig() if cfg is None else cfg
     if model is None and cfg.n_zero_shot: raise BadInput("icll reads the given model zero-shot; pass one, or set n_zero_shot=0.")
+    if cfg.n_zero_shot: zero_shot_ids(model, LETTERS[0] + LETTERS[1])   # a tokenizer that cannot serve fails now, not after training
     seed_everything(cfg.seed)
     data = icll_data(cfg.models)
     sp = data["splits"]
