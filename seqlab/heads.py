@@ -18,52 +18,38 @@ from torch import Tensor
 from .archs import CharTokenizer, Transformer, TransformerConfig
 from .capture import capture, run_with_hooks, token_surprisal
 from .core import BadInput, Probe, Result, check_needs, data_dir, get_probe, register_probe, seed_everything
+from .head_scores import induction_scores, repeated_random_tokens, top_heads
+from .interventions import ablation_control, control_rows, final_norm, masked_loss
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
 __all__ = ['INDUCTION_THRESHOLD', 'FORMS', 'N_ROMAN', 'EXT_KINDS', 'MODULUS', 'PROBE_LR', 'PROBE_WEIGHT_DECAY', 'STD_FLOOR',
-           'PATTERN_ITEMS', 'SUCCESSOR_THRESHOLD', 'InductionConfig', 'repeated_random_tokens', 'induction_scores',
-           'token_losses', 'rank_heads', 'InductionResult', 'run_induction', 'roman_numerals', 'ordinal_tasks',
-           'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids', 'extended_embeddings', 'folded_unembed',
-           'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores', 'full_vocab_scores', 'shift_model',
-           'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success', 'incrementation_prompts',
-           'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure', 'best_head_ablation',
-           'SuccessorResult', 'run_successor']
+           'PATTERN_ITEMS', 'SENTENCE_TEMPLATES', 'SUCCESSOR_THRESHOLD', 'InductionConfig', 'token_losses',
+           'rank_heads', 'second_copy_weights', 'induction_ablation', 'InductionResult', 'run_induction',
+           'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids',
+           'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
+           'full_vocab_scores', 'shift_model', 'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success',
+           'incrementation_prompts', 'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure',
+           'best_head_ablation', 'succession_sentences', 'successor_ablation', 'SuccessorResult', 'run_successor']
 
 # %% ../nbs/11_heads.ipynb #c006
 @dataclasses.dataclass
 class InductionConfig:
-    "Repeated random tokens: how many sequences, how long each copy, batching and seed."
+    "Repeated random tokens: how many sequences, how long each copy, batching and seed; the causal check's size."
     n_seqs: int = 64
     seq_len: int = 128       # tokens per copy; the input is 2 x seq_len (+ BOS when the model has one)
     batch_size: int = 8
     top_k: int = 10          # heads listed in `top_heads`
     seed: int = 0
+    causal_k: int = 5        # top induction heads mean-ablated together (our choice; 0 skips the causal check)
+    causal_seqs: int = 8     # sequences (the first ones of the stimulus) the ablations run on
+    causal_draws: int = 20   # random sets of causal_k heads, from any layer, in the control
 
     @classmethod
-    def quick(cls): return cls(n_seqs=8, seq_len=32, batch_size=8)
-
-# %% ../nbs/11_heads.ipynb #c007
-def repeated_random_tokens(model: LabModel, n_seqs: int, seq_len: int, generator: torch.Generator) -> Int[Tensor, "n pos"]:
-    "`[bos] r r` for `n_seqs` random token sequences `r` of length `seq_len`, avoiding special tokens."
-    if n_seqs < 1 or seq_len < 2: raise BadInput(f"Need n_seqs >= 1 and seq_len >= 2, got {n_seqs} and {seq_len}.")
-    low = max(getattr(model.tokenizer, "all_special_ids", None) or [-1]) + 1
-    if low >= model.arch.d_vocab - 1: low = 0
-    r = torch.randint(low, model.arch.d_vocab, (n_seqs, seq_len), generator=generator)
-    toks = torch.cat([r, r], 1)
-    if model.bos_token_id is not None: toks = torch.cat([torch.full((n_seqs, 1), model.bos_token_id), toks], 1)
-    return toks
+    def quick(cls): return cls(n_seqs=8, seq_len=32, batch_size=8, causal_draws=10)
 
 # %% ../nbs/11_heads.ipynb #c009
 INDUCTION_THRESHOLD = 0.5   # a head counted in `n_heads_above_0.5` puts most of its attention on the induction target (our cut)
-
-def induction_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int, offset: int) -> tuple[Tensor, Tensor]:
-    "Induction and previous-token scores `[batch, head]` for `[offset] r r` inputs with copies of length `seq_len`."
-    q = torch.arange(offset + seq_len, offset + 2 * seq_len)
-    ind = pattern[:, :, q, q - seq_len + 1].mean(-1)
-    q_all = torch.arange(1, pattern.shape[-1])
-    prev = pattern[:, :, q_all, q_all - 1].mean(-1)
-    return ind, prev
 
 def token_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
     "Next-token loss (nats); entry i is the loss of predicting token i+1 (capture's token surprisal without its empty first slot)."
@@ -75,24 +61,44 @@ def rank_heads(score: Float[Tensor, "layer head"]) -> list[dict]:
     L, H = score.shape
     return sorted([{"layer": l, "head": h, "score": score[l, h].item()} for l in range(L) for h in range(H)], key=lambda d: -d["score"])
 
+# %% ../nbs/11_heads.ipynb #c007
+def second_copy_weights(n: int, seq_len: int, offset: int) -> Float[Tensor, "n pos"]:
+    "1 on the predicted tokens r_2..r_L of the second copy of `[offset] r r` inputs (a `masked_loss` weight), else 0."
+    w = torch.zeros(n, offset + 2 * seq_len)
+    w[:, offset + seq_len + 1:] = 1
+    return w
+
+def induction_ablation(model: LabModel, toks: Int[Tensor, "n pos"], ind: Float[Tensor, "layer head"], cfg: InductionConfig,
+                       generator: torch.Generator) -> dict:
+    "Rise of the second-copy loss when the top `causal_k` induction heads are mean-ablated, against random head sets from any layer."
+    offset = int(model.bos_token_id is not None)
+    k = min(cfg.causal_k, ind.numel() // 2)                                    # a small model keeps heads for the control
+    x = toks[:cfg.causal_seqs]
+    ref = repeated_random_tokens(model, len(x), cfg.seq_len, generator)      # the mean's reference: fresh sequences
+    ctl = ablation_control(model, x, masked_loss(second_copy_weights(len(x), cfg.seq_len, offset)), top_heads(ind, k),
+                           cfg.causal_draws, op="mean", seed=cfg.seed, reference=ref, batch_size=cfg.batch_size)
+    return {"claim": f"mean-ablating the top {k} induction heads raises the second-copy loss more than "
+                     f"{k} random heads from any layer", "metric": "second-copy loss change (nats)", **ctl}
+
 # %% ../nbs/11_heads.ipynb #c012
 @dataclasses.dataclass
 class InductionResult(Result):
-    "Per-head induction and previous-token scores, and the loss on each copy."
+    "Per-head induction and previous-token scores, the loss on each copy, and the causal check."
 
     def summary(self):
         m = self.metrics
         rows = [["loss, first copy (nats)", round(m["loss_first_copy"], 3)], ["loss, second copy (nats)", round(m["loss_second_copy"], 3)]]
         rows += [[f"L{h['layer']}H{h['head']} induction", round(h["score"], 3)] for h in m["top_heads"][:5]]
-        return rows
+        return rows + control_rows(m.get("causal", {}))
 
 # %% ../nbs/11_heads.ipynb #c013
 def run_induction(model: LabModel, cfg: InductionConfig | None = None) -> InductionResult:
-    "Score every head for induction and previous-token attention on repeated random tokens."
+    "Score every head for induction and previous-token attention on repeated random tokens; ablate the top heads."
     cfg = cfg if cfg is not None else InductionConfig()
     check_needs(get_probe("induction"), model)
     t0 = time.time()
-    toks = repeated_random_tokens(model, cfg.n_seqs, cfg.seq_len, seed_everything(cfg.seed))
+    gen = seed_everything(cfg.seed)
+    toks = repeated_random_tokens(model, cfg.n_seqs, cfg.seq_len, gen)
     offset = int(model.bos_token_id is not None)
     L = cfg.seq_len
     def reduce(name, act, mask, tokens):
@@ -109,6 +115,7 @@ def run_induction(model: LabModel, cfg: InductionConfig | None = None) -> Induct
     metrics = {"top_heads": rank_heads(ind)[:cfg.top_k], "loss_first_copy": first, "loss_second_copy": second,
                "induction_scores": ind, "prev_token_scores": prev, "loss_by_position": loss,
                f"n_heads_above_{INDUCTION_THRESHOLD}": int((ind > INDUCTION_THRESHOLD).sum())}
+    if cfg.causal_k > 0: metrics["causal"] = {"top_induction_heads": induction_ablation(model, toks, ind, cfg, gen)}
     return InductionResult("induction", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
 register_probe(Probe("induction", "Which heads copy in context: attend to the token after an earlier occurrence of the current token, and predict it?",
@@ -219,19 +226,14 @@ def extended_embeddings(model: LabModel, ids: Int[Tensor, "n"], kind: str = "mlp
     return (mlp0 if kind == "mlp0_normed" else E + mlp0)[None].float()
 
 # %% ../nbs/11_heads.ipynb #c113
-def _is_layernorm(norm) -> bool:
-    return isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
-
 @torch.no_grad()
 def folded_unembed(model: LabModel, fold: bool = True) -> Float[Tensor, "d_model d_vocab"]:
     "W_U with the final norm's gain folded in (and its centring, for LayerNorm): exact for any per-row argmax."
     W_U = model.W_U.float()
     if not fold: return W_U
-    norm = model.ln_final
-    g = getattr(norm, "weight", None)
-    if g is None: g = getattr(norm, "w", None)                     # seqlab.archs norms call their gain `w`
-    if g is not None: W_U = g.detach().float()[:, None] * W_U
-    if _is_layernorm(norm): W_U = W_U - W_U.mean(0, keepdim=True)  # (x - mean x) . w == x . (w - mean w)
+    g, centres, _ = final_norm(model)
+    if g is not None: W_U = g[:, None] * W_U
+    if centres: W_U = W_U - W_U.mean(0, keepdim=True)  # (x - mean x) . w == x . (w - mean w)
     return W_U
 
 # %% ../nbs/11_heads.ipynb #c116
@@ -315,7 +317,7 @@ def shift_model(n_items: int = 10, d_model: int = 24, n_heads: int = 4, seed: in
 # %% ../nbs/11_heads.ipynb #c036
 @dataclasses.dataclass
 class SuccessorConfig:
-    "Which extended embedding ranks the heads, how many heads get the full-vocabulary argmax, and the ablation set."
+    "Which extended embedding ranks the heads, how many heads get the full-vocabulary argmax, and the ablation sets."
     ext: str = "mlp0"                  # the kind that ranks heads (`heads`); every kind in `compare` is reported too
     compare: tuple = ("reference", "mlp0", "mlp0_normed", "resid", "actual")
     forms: tuple = FORMS
@@ -325,9 +327,14 @@ class SuccessorConfig:
     n_prompts_per_task: int = 12       # incrementation prompts per task for the ablation
     run_len: int = 5                   # items per prompt ("Monday, Tuesday, ..."); loss on items 3..run_len
     seed: int = 0
+    causal_k: int = 1                  # best successor heads mean-ablated together in the causal checks (0 skips them)
+    causal_draws: int = 20             # random sets of causal_k heads, from any layer, in each control
+    causal_prompts_per_task: int = 12  # fresh incrementation prompts per task for the comma-list check
+    sentences_per_template: int = 6    # item pairs drawn per sentence template for the in-sentence check
 
     @classmethod
-    def quick(cls): return cls(compare=("reference", "mlp0", "actual"), full_vocab_top=5, probe_steps=150, n_prompts_per_task=4, run_len=4)
+    def quick(cls): return cls(compare=("reference", "mlp0", "actual"), full_vocab_top=5, probe_steps=150, n_prompts_per_task=4, run_len=4,
+                               causal_draws=10, causal_prompts_per_task=2, sentences_per_template=2)
 
 # %% ../nbs/11_heads.ipynb #c038
 MODULUS = 10                 # the paper's feature: an item's index mod 10
@@ -473,6 +480,54 @@ def best_head_ablation(model: LabModel, tasks: dict[str, dict], layer: int, head
             "others_mean": float(np.mean(others)), "best_comma": abl[head]["comma"], "random_comma": abl[rnd]["comma"],
             "clean_loss": abl["clean_succession_loss"], "per_head": {h: abl[h] for h in range(H)}, "n_prompts": len(prompts)}
 
+# %% ../nbs/11_heads.ipynb #c043
+SENTENCE_TEMPLATES = {   # ours: sentences whose natural continuation is the successor {b} of the item {a}
+    "days": ("The meeting moved from {a} to {b}", "If today is {a}, then tomorrow is {b}",
+             "The shop is closed on {a} and opens again on {b}"),
+    "months": ("The month after {a} is {b}", "If this month is {a}, next month will be {b}"),
+    "ordinals": ("She finished {a} and he finished {b}", "The {a} chapter is followed by the {b}"),
+    "number_words": ("She counted to {a}, then to {b}", "He had {a} cards, then drew one more and had {b}"),
+    "letters": ("The letter after {a} is {b}", "Row {a} is followed by row {b}"),
+}
+
+def succession_sentences(model: LabModel, tasks: dict[str, dict], generator: torch.Generator, per_template: int | None = None,
+                         templates: dict | None = None) -> tuple[list[list[int]], list[list[int]], int]:
+    "Templates filled with consecutive items (token ids, mark 2 on the successor's token), and the count dropped (successor not one token)."
+    templates = SENTENCE_TEMPLATES if templates is None else templates
+    prompts, marks, dropped = [], [], 0
+    for task, tpls in templates.items():
+        items, n = tasks[task]["items"], len(tasks[task]["items"])
+        steps = [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if tasks[task].get("wrap") else [])
+        for tpl in tpls:
+            pick = steps if per_template is None else [steps[i] for i in torch.randperm(len(steps), generator=generator)[:per_template].tolist()]
+            before = tpl.split("{b}")[0]
+            for i, j in pick:
+                ctx = before.format(a=items[i])
+                tgt = model.encode((" " if ctx.endswith(" ") else "") + items[j])
+                if len(tgt) != 1: dropped += 1; continue
+                ids = model.encode(ctx.rstrip(" "))
+                prompts.append(ids + tgt); marks.append([0] * len(ids) + [2])
+    return prompts, marks, dropped
+
+# %% ../nbs/11_heads.ipynb #c045
+def successor_ablation(model: LabModel, tasks: dict[str, dict], heads: list[tuple[int, int]], cfg: SuccessorConfig,
+                       generator: torch.Generator, templates: dict | None = None) -> dict:
+    "Loss change on successor tokens when `heads` are mean-ablated, in comma lists and in sentences (when any is kept), against random heads from any layer."
+    lists, lmarks = incrementation_prompts(model, tasks, cfg.causal_prompts_per_task, cfg.run_len, generator)
+    ref_lists, _ = incrementation_prompts(model, tasks, cfg.causal_prompts_per_task, cfg.run_len, generator)
+    sents, smarks, dropped = succession_sentences(model, tasks, generator, cfg.sentences_per_template, templates)
+    ref_sents, _, _ = succession_sentences(model, tasks, generator, None, templates)
+    out, sets = {}, {"comma_lists": (lists, lmarks, ref_lists), "sentences": (sents, smarks, ref_sents)}
+    for name, (x, mk, ref) in sets.items():
+        if not x: continue                          # e.g. a character-level tokenizer: no successor is one token
+        w = torch.zeros(len(mk), max(map(len, mk)))
+        for i, m in enumerate(mk): w[i, :len(m)] = (torch.tensor(m) == 2).float()
+        ctl = ablation_control(model, x, masked_loss(w), heads, cfg.causal_draws, op="mean", seed=cfg.seed, reference=ref)
+        out[name] = {"claim": f"mean-ablating the best {len(heads)} successor head(s) raises the loss on successor tokens ({name}) "
+                              f"more than as many random heads from any layer", "metric": "successor-token loss change (nats)", **ctl}
+    if "sentences" in out: out["sentences"]["dropped"] = dropped
+    return out
+
 # %% ../nbs/11_heads.ipynb #c041
 @dataclasses.dataclass
 class SuccessorResult(Result):
@@ -488,7 +543,7 @@ class SuccessorResult(Result):
         rows += [["mod-10 probe (leave-one-task-out)", round(m["mod10"]["mean_accuracy"], 3)],
                  ["arithmetic success (chance)", f"{m['arithmetic_success']:.3f} ({m['arithmetic']['chance']:.3f})"],
                  ["ablation dloss: best / random head", f"{m['ablation']['best']:.3f} / {m['ablation']['random']:.3f}"]]
-        return rows
+        return rows + control_rows(m.get("causal", {}))
 
 # %% ../nbs/11_heads.ipynb #c042
 SUCCESSOR_THRESHOLD = 0.4   # the paper's cut-off: a head scoring above it is a successor head
@@ -516,6 +571,7 @@ def run_successor(model: LabModel, cfg: SuccessorConfig | None = None) -> Succes
     x = kept["ext"][bl if kept["ext"].shape[0] > 1 else 0]              # layer-specific for 'actual'
     mod10, arith = mod10_structure(model, x, token_ids, pairs, bl, bh, cfg)
     ablation = best_head_ablation(model, tasks, bl, bh, cfg, gen)
+    causal = successor_ablation(model, tasks, [(d["layer"], d["head"]) for d in ranked[:cfg.causal_k]], cfg, gen) if cfg.causal_k > 0 else None
     variants = {k: {"best": rank_heads(s["pooled"])[0], "best_macro": rank_heads(s["macro"])[0], "top5": rank_heads(s["pooled"])[:5]}
                 for k, s in by_kind.items()}
     metrics = {"ext": cfg.ext, "heads": ranked, "n_pairs": pairs.n_pairs, "dropped_pairs": pairs.dropped_pairs,
@@ -525,6 +581,7 @@ def run_successor(model: LabModel, cfg: SuccessorConfig | None = None) -> Succes
                "scores": {k: {"pooled": s["pooled"], "macro": s["macro"]} for k, s in by_kind.items()}, "mod10": mod10,
                "arithmetic_success": arith["success_rate"], "arithmetic": arith, "ablation": ablation,
                f"heads_above_{SUCCESSOR_THRESHOLD}": int((main["pooled"] > SUCCESSOR_THRESHOLD).sum())}
+    if causal is not None: metrics["causal"] = causal
     return SuccessorResult("successor", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
 register_probe(Probe("successor", "Which heads' OV circuits map a member of an ordered sequence (number, day, month, letter) to its successor?",

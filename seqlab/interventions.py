@@ -21,9 +21,11 @@ from .core import BadInput
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['OPS', 'STATE_HOOK', 'Z_HOOK', 'RESID_HOOK', 'Intervention', 'apply_intervention', 'intervention_values', 'intervened',
-           'run_intervened', 'run_stacked', 'mean_loss', 'logit_diff', 'head_sweep', 'patch_sweep', 'patch_residual',
-           'patch_heads', 'path_patch_heads', 'steering_vector', 'generate']
+__all__ = ['OPS', 'STATE_HOOK', 'Z_HOOK', 'N_CONTROL_DRAWS', 'N_BOOT', 'LEVEL', 'RESID_HOOK', 'Intervention',
+           'apply_intervention', 'intervention_values', 'intervened', 'run_intervened', 'run_stacked', 'mean_loss',
+           'masked_loss', 'logit_diff', 'head_sweep', 'random_heads', 'head_specs', 'bootstrap_interval',
+           'head_set_effect', 'ablation_control', 'control_rows', 'patch_sweep', 'patch_residual', 'patch_heads',
+           'final_norm', 'path_patch_heads', 'steering_vector', 'generate']
 
 # %% ../nbs/07_interventions.ipynb #i006
 OPS = ("zero", "scale", "add", "mean", "resample", "patch")
@@ -271,6 +273,15 @@ def mean_loss(logits: Float[Tensor, "rows pos vocab"], tokens: Int[Tensor, "rows
     m = mask[:, 1:].to(lp.dtype)
     return -(lp * m).sum(1) / m.sum(1)
 
+def masked_loss(weights: Float[Tensor, "input pos"]) -> Callable:
+    "A metric: next-token loss averaged over the predicted tokens p of input i with weights[i, p] > 0 (weighted by them)."
+    w_all = torch.as_tensor(weights, dtype=torch.float32)
+    def metric(logits, tokens, mask, ids):
+        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        w = w_all[ids.cpu()][:, 1:tokens.shape[1]].to(lp.device) * mask[:, 1:].to(lp.dtype)
+        return -(lp * w).sum(1) / w.sum(1)
+    return metric
+
 def logit_diff(correct, wrong) -> Callable:
     "A metric: logit of `correct[i]` minus logit of `wrong[i]` at input i's last real position (ints: the same for all)."
     def metric(logits, tokens, mask, ids):
@@ -282,6 +293,15 @@ def logit_diff(correct, wrong) -> Callable:
 
 # %% ../nbs/07_interventions.ipynb #i029
 Z_HOOK = "blocks.{layer}.attn.hook_z"
+
+def _mean_values(model: LabModel, inputs, attention_mask: Tensor | None, names: list[str], batch_size: int) -> dict[str, Tensor]:
+    "The mean activation at each hook over the real tokens of `inputs`: one capture pass for all hooks."
+    cap = capture(model, inputs, names, batch_size=batch_size, reduce=_masked_sum, progress=False, attention_mask=attention_mask)
+    out = {}
+    for n in names:
+        total = torch.stack(list(cap.batches(n))).sum(0)
+        out[n] = total[0] / total[1]
+    return out
 
 @torch.no_grad()
 def head_sweep(model: LabModel, inputs, metric: Callable, op: str = "mean", layers=None, heads=None, hook: str = Z_HOOK,
@@ -295,10 +315,8 @@ def head_sweep(model: LabModel, inputs, metric: Callable, op: str = "mean", laye
     values = {}
     if op == "mean":
         ref, m = (inputs, attention_mask) if reference is None else (reference, None)
-        cap = capture(model, ref, names, batch_size=batch_size, reduce=_masked_sum, progress=False, attention_mask=m)
-        for n in names:
-            total = torch.stack(list(cap.batches(n))).sum(0)
-            for h in heads: values[Intervention(n, "mean", heads=h)] = total[0] / total[1]
+        for n, v in _mean_values(model, ref, m, names, batch_size).items():
+            for h in heads: values[Intervention(n, "mean", heads=h)] = v
     specs = [Intervention(n, op, heads=h) for n in names for h in heads]
     for s in specs: values.setdefault(s, None)
     res = run_stacked(model, inputs, [[]] + [[s] for s in specs], metric, values, batch_size, budget_mb, attention_mask, branch)
@@ -306,6 +324,82 @@ def head_sweep(model: LabModel, inputs, metric: Callable, op: str = "mean", laye
     out = torch.full((model.n_layers, model.arch.n_heads), float("nan"))
     out[torch.tensor(layers)[:, None], torch.tensor(heads)[None]] = effect
     return out
+
+# %% ../nbs/07_interventions.ipynb #c003
+def random_heads(model: LabModel, k: int, n_draws: int, seed: int = 0, exclude=()) -> list[list[tuple[int, int]]]:
+    "`n_draws` sets of `k` distinct (layer, head) pairs drawn uniformly from all layers, none in `exclude`, reproducible from `seed`."
+    ex = {(int(l), int(h)) for l, h in exclude}
+    pool = [(l, h) for l in range(model.n_layers) for h in range(model.arch.n_heads) if (l, h) not in ex]
+    if not 0 < k <= len(pool) or n_draws < 1:
+        raise BadInput(f"random_heads needs 0 < k <= {len(pool)} (heads left after exclude) and n_draws >= 1; got k={k}, n_draws={n_draws}.")
+    g = torch.Generator().manual_seed(seed)
+    return [sorted(pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()) for _ in range(n_draws)]
+
+def head_specs(heads, op: str = "mean", hook: str = Z_HOOK, source=None) -> list[Intervention]:
+    "Interventions ablating a set of (layer, head) pairs together: one spec per layer at `hook` (`source`: the mean's reference set)."
+    by_layer = {}
+    for l, h in heads: by_layer.setdefault(int(l), []).append(int(h))
+    return [Intervention(hook.format(layer=l), op, heads=tuple(sorted(set(hs))), source=source) for l, hs in sorted(by_layer.items())]
+
+# %% ../nbs/07_interventions.ipynb #c006
+N_CONTROL_DRAWS = 20      # random head sets per control: percentiles over 20 draws resolve 'exceeds' to 0.05 (our choice)
+N_BOOT = 1000             # bootstrap resamples for an interval over inputs
+LEVEL = 0.95              # the two-sided level of every interval in a control
+
+def bootstrap_interval(values, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    "{'mean', 'lo', 'hi', 'n'}: the mean of `values` and its percentile-bootstrap interval at `level` (NaN bounds for one value)."
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if len(x) == 0: raise BadInput("bootstrap_interval needs at least one value.")
+    if len(x) == 1: return {"mean": x.item(), "lo": math.nan, "hi": math.nan, "n": 1}
+    idx = torch.randint(0, len(x), (n_boot, len(x)), generator=torch.Generator().manual_seed(seed))
+    lo, hi = torch.quantile(x[idx].mean(1), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return {"mean": x.mean().item(), "lo": lo, "hi": hi, "n": len(x)}
+
+# %% ../nbs/07_interventions.ipynb #c008
+def _set_lists(model, inputs, head_sets, op, reference, batch_size, hook=Z_HOOK) -> tuple[list, dict]:
+    "Intervention lists for each head set, and their values (the means over `reference` or the inputs: one capture pass)."
+    if op not in ("mean", "zero"): raise BadInput(f"Head sets are ablated with op 'mean' or 'zero', got {op!r}.")
+    lists = [head_specs(hs, op, hook) for hs in head_sets]
+    names = sorted({s.hook for l in lists for s in l})
+    if op == "zero": return lists, {s: None for l in lists for s in l}
+    means = _mean_values(model, inputs if reference is None else reference, None, names, batch_size)
+    return lists, {s: means[s.hook] for l in lists for s in l}
+
+@torch.no_grad()
+def head_set_effect(model: LabModel, inputs, metric: Callable, heads, op: str = "mean", reference=None,
+                    batch_size: int = 8) -> Float[Tensor, "input"]:
+    "Per-input change of `metric` when the heads `[(layer, head), ...]` are ablated together."
+    lists, values = _set_lists(model, inputs, [heads], op, reference, batch_size)
+    res = run_stacked(model, inputs, [[]] + lists, metric, values, batch_size)
+    return res[1] - res[0]
+
+@torch.no_grad()
+def ablation_control(model: LabModel, inputs, metric: Callable, heads, n_draws: int = N_CONTROL_DRAWS, op: str = "mean",
+                     seed: int = 0, reference=None, batch_size: int = 8) -> dict:
+    "The effect of ablating `heads` together against `n_draws` random sets of as many heads from any layer (JSON-ready)."
+    heads = [(int(l), int(h)) for l, h in heads]
+    draws = random_heads(model, len(heads), n_draws, seed, exclude=heads)
+    lists, values = _set_lists(model, inputs, [heads] + draws, op, reference, batch_size)
+    res = run_stacked(model, inputs, [[]] + lists, metric, values, batch_size)
+    eff = (res[1:] - res[:1]).double()
+    target, rnd = eff[0], eff[1:].mean(1)
+    lo, hi = torch.quantile(rnd, torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=torch.float64)).tolist()
+    return {"heads": [list(h) for h in heads], "op": op,
+            "effect": bootstrap_interval(target, seed=seed),
+            "random": {"effects": rnd.tolist(), "mean": rnd.mean().item(), "lo": lo, "hi": hi, "draws": n_draws,
+                       "heads": [[list(h) for h in d] for d in draws]},
+            "exceeds": (rnd >= target.mean()).double().mean().item()}
+
+# %% ../nbs/07_interventions.ipynb #c013
+def control_rows(causal: dict) -> list[list]:
+    "Summary rows of `{claim name: ablation_control dict}`: the effect with its interval, the random sets', and `exceeds`."
+    rows = []
+    for name, c in causal.items():
+        e, r = c["effect"], c["random"]
+        rows += [[f"{name}: effect [95% CI]", f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"],
+                 [f"{name}: random heads, mean [2.5-97.5%]", f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] ({r['draws']} draws)"],
+                 [f"{name}: random draws >= effect", round(c["exceeds"], 3)]]
+    return rows
 
 # %% ../nbs/07_interventions.ipynb #i032
 def _normalised(res: Tensor) -> Tensor:
@@ -350,14 +444,19 @@ def patch_heads(model: LabModel, clean, corrupted, metric: Callable, layers=None
     return patch_sweep(model, clean, corrupted, metric, patches, batch_size, budget_mb).reshape(len(layers), len(heads))
 
 # %% ../nbs/07_interventions.ipynb #i037
-def _final_norm(model: LabModel) -> tuple[Tensor | None, bool]:
-    "The final norm's gain (None if it has none) and whether it centres (LayerNorm)."
+def final_norm(model: LabModel) -> tuple[Tensor | None, bool, float | None]:
+    "The final norm's facts: its gain (None if it has none), whether it centres (LayerNorm), and its epsilon (None if unknown)."
     norm = model.ln_final
     g = getattr(norm, "weight", None)
     if g is None: g = getattr(norm, "w", None)             # seqlab.archs norms call their gain `w`
-    centres = isinstance(norm, (LayerNorm, torch.nn.LayerNorm)) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
-    return (None if g is None else g.detach().float()), centres
+    kind = type(norm).__name__
+    centres = isinstance(norm, (LayerNorm, torch.nn.LayerNorm)) or ("LayerNorm" in kind and "RMS" not in kind)
+    eps = next((float(e) for a in ("eps", "variance_epsilon", "epsilon") if (e := getattr(norm, a, None)) is not None), None)
+    if g is None: return None, centres, eps
+    g = g.detach().float()
+    return (1 + g if kind.startswith("Gemma") else g), centres, eps   # Gemma's RMSNorm scales by (1 + weight)
 
+# %% ../nbs/07_interventions.ipynb #c011
 @torch.no_grad()
 def path_patch_heads(model: LabModel, clean, corrupted, metric: Callable, layers=None, heads=None) -> Float[Tensor, "layer head"]:
     "Normalised metric when only head (l, h)'s direct path to the logits carries its clean output (final-norm scale frozen)."
@@ -369,7 +468,7 @@ def path_patch_heads(model: LabModel, clean, corrupted, metric: Callable, layers
     c = capture(model, clean, zs + ["logits"], progress=False)
     r = capture(model, corrupted, zs + final + ["logits"], progress=False)
     ct, cm = model.tokenize(clean); ids = torch.arange(len(ct))
-    g, centres = _final_norm(model)
+    g, centres, _ = final_norm(model)
     x, nrm = r[final[0]].float(), r[final[1]].float()
     centre = (lambda v: v - v.mean(-1, keepdim=True)) if centres else (lambda v: v)
     sigma = centre(x).norm(dim=-1, keepdim=True) / nrm.norm(dim=-1, keepdim=True)

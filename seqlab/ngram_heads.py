@@ -7,44 +7,31 @@ Docs: https://seqlab.github.io/seqlab/ngram_heads.html.md"""
 # %% ../nbs/11a_ngram_heads.ipynb #c003
 from __future__ import annotations
 import dataclasses, time
+from typing import Callable
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .archs import ngram_match
 from .capture import capture
 from .core import BadInput, Probe, Result, check_needs, get_probe, register_probe, seed_everything
+from .head_scores import ngram_head_scores, top_heads
+from .interventions import N_CONTROL_DRAWS, ablation_control, bootstrap_interval, run_stacked
 from .regbench import (ICLL_ARCHS, LETTERS, REGBENCH_PRESETS, SEP, ICLLModelsConfig, encode_instances, evaluate_icll,
-                       hopcroft_minimize, icll_data, icll_model, icll_tokenizer, random_dfa, sample_instance, trim)
+                       hopcroft_minimize, icll_data, icll_model, icll_tokenizer, next_letter_truth, random_dfa,
+                       sample_instance, trim)
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'ngram_head_scores', 'regbench_texts', 'spaced_symbol_ids',
-           'repeated_word_sequences', 'NgramConfig', 'ngram_scan', 'rank_heads_by_n', 'icll_preset_name',
-           'icll_transformer_heads', 'ngram_layer_effect', 'icll_ngram', 'NgramResult', 'run_ngram']
-
-# %% ../nbs/11a_ngram_heads.ipynb #c044
-def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], ns=(1, 2, 3),
-                      attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch head n 3"]:
-    "Per sequence and head, for each n: (sum of score over query positions with a match, same for the uniform baseline, count)."
-    from seqlab.archs import ngram_match
-    T = tokens.shape[1]
-    attendable = torch.arange(1, T + 1, dtype=pattern.dtype, device=pattern.device)    # positions 0..i
-    out = []
-    for n in ns:
-        M = (ngram_match(tokens, n, attention_mask) > 0).to(pattern.dtype)              # [batch, q, k]
-        has = M.sum(-1) > 0                                                             # [batch, q]
-        score = torch.einsum("bhqk,bqk->bhq", pattern, M)
-        base = (M.sum(-1) / attendable)[:, None].expand_as(score)
-        w = has[:, None].to(pattern.dtype).expand_as(score)
-        out.append(torch.stack([(score * w).sum(-1), (base * w).sum(-1), w.sum(-1)], -1))
-    return torch.stack(out, 2)
+__all__ = ['COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'ICLL_CAUSAL_METRICS', 'QUICK_CONTROL_DRAWS', 'regbench_instances',
+           'regbench_texts', 'spaced_symbol_ids', 'repeated_word_sequences', 'NgramCausalConfig', 'NgramConfig',
+           'ngram_scan', 'rank_heads_by_n', 'icll_metric', 'icll_ablation', 'icll_preset_name',
+           'icll_transformer_heads', 'ngram_layer_effect', 'icll_ngram', 'causal_summary', 'NgramResult', 'run_ngram']
 
 # %% ../nbs/11a_ngram_heads.ipynb #c047
-def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[str]:
-    "REGBENCH instances (one minimised, trimmed random DFA each, from `seqlab.regbench`) as symbol strings of exactly `seq_tokens` symbols."
+def regbench_instances(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[dict]:
+    "REGBENCH instances as {'dfa', 'text'} rows: one minimised, trimmed random DFA each, `text` exactly `seq_tokens` symbols of its language."
     if preset not in REGBENCH_PRESETS: raise BadInput(f"Unknown REGBENCH preset {preset!r}; use one of {list(REGBENCH_PRESETS)}.")
     cfg, rng, out = REGBENCH_PRESETS[preset], np.random.default_rng(seed), []
     while len(out) < n_seqs:
@@ -53,8 +40,12 @@ def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code"
         text = ""
         while len(text) < seq_tokens:                # more strings of the same language until the window is full
             text += (SEP if text else "") + sample_instance(dfa, cfg, rng)
-        out.append(text[:seq_tokens])
+        out.append({"dfa": dfa, "text": text[:seq_tokens]})
     return out
+
+def regbench_texts(n_seqs: int, seq_tokens: int, seed: int, preset: str = "code") -> list[str]:
+    "The symbol strings of `regbench_instances` (the automata dropped)."
+    return [r["text"] for r in regbench_instances(n_seqs, seq_tokens, seed, preset)]
 
 def spaced_symbol_ids(model: LabModel, texts: list[str]) -> Int[Tensor, "n pos"]:
     "REGBENCH texts as `model`'s tokens, one per symbol: the token of ' ' + symbol (refuses a tokenizer that splits one)."
@@ -72,7 +63,9 @@ def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: i
     "Sequences of common word tokens (space + lowercase letters, id < max_id) from a pool of `pool` words, repeated once."
     words = [i for i, s in enumerate(model.to_str_tokens(range(min(max_id, model.arch.d_vocab))))
              if len(s) > MIN_WORD_LETTERS and s[0] == " " and s[1:].isalpha() and s[1:].islower()]
-    if len(words) < pool: raise BadInput(f"Only {len(words)} word tokens found below id {max_id}; need a pool of {pool}.")
+    if len(words) < pool:
+        raise BadInput(f"{model.name}'s tokenizer has only {len(words)} whole-word tokens below id {max_id}; the repeated-word test needs "
+                       f"{pool}. Run ngram on a subword model with a word vocabulary (e.g. smollm2-135m), or lower the pool (--set word_pool=N).")
     out = []
     for _ in range(n_seqs):
         chosen = torch.tensor(words)[torch.randperm(len(words), generator=generator)[:pool]]
@@ -81,9 +74,25 @@ def repeated_word_sequences(model: LabModel, n_seqs: int, half_len: int, pool: i
     return torch.stack(out)
 
 # %% ../nbs/11a_ngram_heads.ipynb #c049
+ICLL_CAUSAL_METRICS = ("error", "loss")
+QUICK_CONTROL_DRAWS = 8   # the quick preset's random head sets: an interval over draws at a cost `make report` can carry
+
+@dataclasses.dataclass
+class NgramCausalConfig:
+    "The ablation test: the top heads by n-gram score at match length `n`, mean-ablated together, against random head sets."
+    k: int = 3               # the probed model's heads ablated together: its top 3 (our choice: the few that stand out of 270)
+    k_trained: int = 1       # the icll Transformer has 2 x 2 heads: its top head, against single heads of the other three
+    n: int = 2               # heads ranked by their score at this match length (n = 2: 3-gram statistics)
+    draws: int = N_CONTROL_DRAWS   # random head sets per control
+    metric: str = "error"    # 'error': 1 - greedy-validity accuracy; 'loss': -ln p(next letter), softmax over the 18 letters
+
+    def __post_init__(self):
+        if self.metric not in ICLL_CAUSAL_METRICS: raise BadInput(f"causal metric must be one of {ICLL_CAUSAL_METRICS}, got {self.metric!r}.")
+        if min(self.k, self.k_trained, self.draws) < 1: raise BadInput(f"causal k, k_trained and draws must be >= 1, got {self.k}, {self.k_trained}, {self.draws}.")
+
 @dataclasses.dataclass
 class NgramConfig:
-    "How many sequences of each kind, their lengths, which match lengths n to score, and the icll models to train (None: skip)."
+    "How many sequences of each kind, their lengths, which match lengths n to score, the icll models to train and the ablation test (None: skip)."
     n_seqs: int = 24
     seq_tokens: int = 256         # REGBENCH-style sequence length in tokens (the brief caps instances at ~512)
     preset: str = "code"          # seqlab.regbench.REGBENCH_PRESETS
@@ -94,10 +103,12 @@ class NgramConfig:
     top_k: int = 10
     icll: ICLLModelsConfig | None = dataclasses.field(default_factory=ICLLModelsConfig)   # its seed follows `seed`
     ngram_layer_archs: tuple = ("mamba2", "lstm")   # recurrent models trained with and without the hard-wired n-gram layers
+    causal: NgramCausalConfig | None = dataclasses.field(default_factory=NgramCausalConfig)
     seed: int = 0
 
     @classmethod
-    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll=ICLLModelsConfig.quick())
+    def quick(cls): return cls(n_seqs=4, seq_tokens=96, word_half_len=48, batch_size=4, icll=ICLLModelsConfig.quick(),
+                               causal=NgramCausalConfig(draws=QUICK_CONTROL_DRAWS))
 
     def __post_init__(self):
         self.ns, self.ngram_layer_archs = tuple(self.ns), tuple(self.ngram_layer_archs)
@@ -106,6 +117,8 @@ class NgramConfig:
         if bad: raise BadInput(f"ngram_layer_archs {bad} unknown; regbench builds n-gram hybrids of "
                                f"{sorted(a[:-6] for a in ICLL_ARCHS if a.endswith('+ngram'))}.")
         if self.icll is not None and self.icll.seed != self.seed: self.icll = dataclasses.replace(self.icll, seed=self.seed)
+        if isinstance(self.causal, dict): self.causal = NgramCausalConfig(**self.causal)      # a config read back from JSON
+        if self.causal is not None and self.causal.n not in self.ns: raise BadInput(f"causal.n = {self.causal.n} is not among ns {self.ns}.")
 
 # %% ../nbs/11a_ngram_heads.ipynb #c107
 def ngram_scan(model: LabModel, tokens: Int[Tensor, "batch pos"], ns, batch_size: int = 8,
@@ -126,6 +139,39 @@ def rank_heads_by_n(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[di
         top[str(n)] = sorted(flat, key=lambda x: -x["score"])
     return top
 
+# %% ../nbs/11a_ngram_heads.ipynb #c005
+def icll_metric(rows: list[dict], letter_ids, kind: str = "error") -> Callable:
+    "A per-sequence metric for `run_stacked` on REGBENCH rows ({'dfa', 'text'}) tokenised one token per symbol: ICLL error or letter loss."
+    if kind not in ICLL_CAUSAL_METRICS: raise BadInput(f"causal metric must be one of {ICLL_CAUSAL_METRICS}, got {kind!r}.")
+    truth, T = next_letter_truth(rows), max(len(r["text"]) for r in rows) - 1
+    P, S = torch.zeros(len(rows), T, len(LETTERS)), torch.zeros(len(rows), T, dtype=torch.bool)
+    Y = torch.zeros(len(rows), T, dtype=torch.long)                    # the letter that comes next (0 where it is a separator)
+    for i, ((p, s), r) in enumerate(zip(truth, rows)):
+        P[i, :len(p)], S[i, :len(s)] = p, s
+        Y[i, :len(s)] = torch.tensor([LETTERS.index(c) if c in LETTERS else 0 for c in r["text"][1:]])
+    letter_ids = torch.as_tensor(letter_ids)
+    def metric(logits, tokens, mask, ids):
+        n, ids = logits.shape[1] - 1, ids.cpu()
+        lg = logits[:, :-1, letter_ids.to(logits.device)].float().cpu()   # [rows, pos, letter]
+        s = S[ids, :n].float()
+        if kind == "error": per = 1 - (P[ids, :n].gather(-1, lg.argmax(-1, keepdim=True))[..., 0] > 0).float()
+        else: per = -lg.log_softmax(-1).gather(-1, Y[ids, :n, None])[..., 0]
+        return (per * s).sum(1) / s.sum(1).clamp(min=1)
+    return metric
+
+# %% ../nbs/11a_ngram_heads.ipynb #c007
+def icll_ablation(model: LabModel, inputs, rows: list[dict], letter_ids, heads, n_draws: int = N_CONTROL_DRAWS,
+                  metric: str = "error", seed: int = 0, batch_size: int = 8) -> dict:
+    "`ablation_control` of `heads` on the ICLL `metric` of `rows` (`inputs`: their tokens), with the metric unablated and, for 'error', the accuracies."
+    fn = icll_metric(rows, letter_ids, metric)
+    ctl = ablation_control(model, inputs, fn, heads, n_draws=n_draws, seed=seed, batch_size=batch_size)
+    clean = run_stacked(model, inputs, [[]], fn, batch_size=batch_size, branch=False)[0]   # batched: faster than branching here
+    out = dict(ctl, metric=metric, clean=bootstrap_interval(clean, seed=seed), n_sequences=len(rows))
+    if metric == "error":
+        acc = 1 - out["clean"]["mean"]
+        out["accuracy"] = {"clean": acc, "ablated": acc - ctl["effect"]["mean"], "random": acc - ctl["random"]["mean"]}
+    return out
+
 # %% ../nbs/11a_ngram_heads.ipynb #c109
 def icll_preset_name(icfg: ICLLModelsConfig) -> str:
     "'quick' or 'full' when `icfg` is that ICLLModelsConfig preset (at any seed), else 'custom'."
@@ -138,24 +184,29 @@ def _fit(icfg: ICLLModelsConfig, data: dict, name: str) -> tuple[LabModel, dict]
     agg = evaluate_icll(net, data["splits"]["test"], icfg)
     return net, {"accuracy": agg["accuracy"], "tvd": agg["tvd"], "n_params": net.meta["n_params"]}
 
-def icll_transformer_heads(icfg: ICLLModelsConfig, data: dict, ns) -> dict:
-    "Load or train the icll Transformer; its accuracy and n-gram head scores on the held-out test instances."
+def icll_transformer_heads(icfg: ICLLModelsConfig, data: dict, ns, causal: NgramCausalConfig | None = None) -> dict:
+    "Load or train the icll Transformer; its accuracy and n-gram head scores on the held-out test instances (and, with `causal`, the ablation test there)."
     net, perf = _fit(icfg, data, "transformer")
     test = data["splits"]["test"]
     enc = encode_instances([r["text"] for r in test], icll_tokenizer(), max(len(r["text"]) for r in test))
     s = ngram_scan(net, enc["tokens"], ns, icfg.eval_batch_size, enc["attention_mask"], desc="icll-transformer")
     label = (f"icll-transformer-n{max(icfg.train_sizes)} ({icll_preset_name(icfg)}: d_model {icfg.d_model}, "
              f"{icfg.n_layers} layers x {icfg.n_heads} heads, {icfg.train.steps} steps)")
-    return dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf)
+    out = dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf)
+    if causal is not None:
+        heads = top_heads(s[:, :, list(ns).index(causal.n), 0], causal.k_trained)
+        out["causal"] = dict(icll_ablation(net, [net.encode(r["text"]) for r in test], test, net.encode(LETTERS), heads, causal.draws,
+                                           causal.metric, icfg.seed, icfg.eval_batch_size), model=label, n=causal.n)
+    return out
 
 def ngram_layer_effect(icfg: ICLLModelsConfig, data: dict, archs) -> dict[str, dict]:
     "Accuracy (and TVD, size) of each recurrent icll model without and with its hard-wired n-gram layers."
     return {a: {"without": _fit(icfg, data, a)[1], "with": _fit(icfg, data, a + "+ngram")[1]} for a in archs}
 
-def icll_ngram(icfg: ICLLModelsConfig, ns=(1, 2, 3), layer_archs=("mamba2", "lstm")) -> dict:
-    "The icll Transformer's heads and accuracy, and the n-gram layer's effect on the recurrent icll models."
+def icll_ngram(icfg: ICLLModelsConfig, ns=(1, 2, 3), layer_archs=("mamba2", "lstm"), causal: NgramCausalConfig | None = None) -> dict:
+    "The icll Transformer's heads and accuracy (and ablation test), and the n-gram layer's effect on the recurrent icll models."
     data = icll_data(icfg)
-    trained = icll_transformer_heads(icfg, data, ns)
+    trained = icll_transformer_heads(icfg, data, ns, causal)
     detail = ngram_layer_effect(icfg, data, layer_archs)
     return {"trained": trained, "ngram_layer": {a: {k: v["accuracy"] for k, v in d.items()} for a, d in detail.items()},
             "ngram_layer_detail": detail,
@@ -163,9 +214,20 @@ def icll_ngram(icfg: ICLLModelsConfig, ns=(1, 2, 3), layer_archs=("mamba2", "lst
                      "steps": icfg.train.steps, "d_model": icfg.d_model, "max_chars": icfg.data.max_chars}}
 
 # %% ../nbs/11a_ngram_heads.ipynb #c051
+def causal_summary(c: dict) -> str:
+    "One line for an `icll_ablation` entry: the metric unablated, with the target heads and with random heads ablated."
+    heads = ", ".join(f"L{l}H{h}" for l, h in c["heads"])
+    if c["metric"] == "error":
+        a, r = c["accuracy"], c["random"]
+        return (f"{heads}: accuracy {a['clean']:.3f} -> {a['ablated']:.3f}; {len(c['heads'])} random heads -> {a['random']:.3f} "
+                f"({a['clean'] - r['hi']:.3f}-{a['clean'] - r['lo']:.3f}, {r['draws']} draws; share as large: {c['exceeds']:.2f})")
+    e, r = c["effect"], c["random"]
+    return (f"{heads}: letter loss +{e['mean']:.3f} ({e['lo']:.3f}-{e['hi']:.3f}); random heads +{r['mean']:.3f} "
+            f"({r['lo']:.3f}-{r['hi']:.3f}, {r['draws']} draws; share as large: {c['exceeds']:.2f})")
+
 @dataclasses.dataclass
 class NgramResult(Result):
-    "Per-head n-gram scores (n = matched suffix length) on REGBENCH-style and repeated-word sequences."
+    "Per-head n-gram scores (n = matched suffix length) on REGBENCH-style and repeated-word sequences, and the ablation tests."
 
     def summary(self):
         m = self.metrics; rows = []
@@ -182,16 +244,21 @@ class NgramResult(Result):
         for a, v in m["ngram_layer"].items():
             rows.append([f"{a} icll accuracy without / with n-gram layers", f"{v['without']:.3f} / {v['with']:.3f}"])
         if not m["ngram_layer"]: rows.append(["n-gram layer effect", "not measured (icll=None)"])
+        for key, who in (("icll", self.model), ("trained_icll", "trained Transformer")):
+            if key in m.get("causal", {}):
+                c = m["causal"][key]
+                rows.append([f"ablate {who}'s top n={c['n']} heads (mean)", causal_summary(c)])
         return rows
 
 # %% ../nbs/11a_ngram_heads.ipynb #c052
 @torch.no_grad()
 def run_ngram(model: LabModel, cfg: NgramConfig | None = None) -> NgramResult:
-    "Score every head of `model`, and of a Transformer trained on icll data, for attention to the positions that follow earlier occurrences of its current n-token suffix; measure the n-gram layer's effect on recurrent icll models."
+    "Score every head of `model`, and of a Transformer trained on icll data, for attention to the positions that follow earlier occurrences of its current n-token suffix; ablate the top heads against random ones; measure the n-gram layer's effect on recurrent icll models."
     cfg = dataclasses.replace(cfg) if cfg is not None else NgramConfig()   # re-runs the checks on a config edited after construction
     check_needs(get_probe("ngram"), model)
     t0 = time.time(); gen = seed_everything(cfg.seed)
-    stimuli = {"dfa": spaced_symbol_ids(model, regbench_texts(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)),
+    rows = regbench_instances(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)
+    stimuli = {"dfa": spaced_symbol_ids(model, [r["text"] for r in rows]),
                "words": repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)}
     scores, top = {}, {}
     for d, toks in stimuli.items():
@@ -201,9 +268,14 @@ def run_ngram(model: LabModel, cfg: NgramConfig | None = None) -> NgramResult:
                "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
                "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
                "ngram_layer": {}, "n_seqs": cfg.n_seqs}
+    if (c := cfg.causal) is not None:
+        heads = top_heads(scores["dfa"][:, :, cfg.ns.index(c.n)], c.k)
+        ab = icll_ablation(model, stimuli["dfa"], rows, spaced_symbol_ids(model, [LETTERS])[0], heads, c.draws, c.metric, cfg.seed, cfg.batch_size)
+        metrics["causal"] = {"icll": dict(ab, model=model.name, n=c.n)}
     if cfg.icll is not None:
-        icll = icll_ngram(cfg.icll, cfg.ns, cfg.ngram_layer_archs)
-        tr = icll["trained"]
+        icll = icll_ngram(cfg.icll, cfg.ns, cfg.ngram_layer_archs, cfg.causal)
+        tr = dict(icll["trained"])
+        if "causal" in tr: metrics["causal"]["trained_icll"] = tr.pop("causal")
         metrics["trained"] = dict(tr, top={n: v[:cfg.top_k] for n, v in tr["top"].items()})
         metrics["trained_heads"] = [dict(h, model=tr["model"]) for n in cfg.ns for h in tr["top"][str(n)]]
         metrics.update(ngram_layer=icll["ngram_layer"], ngram_layer_detail=icll["ngram_layer_detail"], icll=icll["icll"])

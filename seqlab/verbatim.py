@@ -7,6 +7,7 @@ Docs: https://seqlab.github.io/seqlab/verbatim.html.md"""
 # %% ../nbs/12_verbatim.ipynb #c004
 from __future__ import annotations
 import csv, dataclasses, json, random, re, time
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,128 +17,25 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .core import BadInput, Probe, Result, data_dir, limit_threads, register_probe, seed_everything
+from .verbatim_stimuli import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, PERMUTE_SEED, SCENARIOS, Stimulus, build_base_lists,
+                                     derange, load_lists, load_pools, load_vignette, make_stimulus, scramble_words, second_list,
+                                     shifted_list, verbatim_dir)   # the stimuli, in their own module (seqlab.verbatim_stimuli)
 from .archs import LSTMConfig, TransformerConfig, build_model
 from .train import TrainConfig, batches_from_tokens, checkpoint_path, checkpoint_step, trained
 from .capture import capture, token_surprisal
+from .interventions import LEVEL, N_CONTROL_DRAWS, bootstrap_interval, head_specs, random_heads, run_stacked
+from .head_scores import ngram_head_scores, pattern_scores, repeated_random_tokens, top_heads
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'NATS_DECIMALS', 'CORPUS_LIST_LENGTHS',
-           'CORPUS_FILLERS', 'CORPUS_ARBITRARY_FRAC', 'CORPUS_REPEAT_FRAC', 'verbatim_dir', 'load_pools',
-           'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
-           'scramble_words', 'Stimulus', 'make_stimulus', 'token_offsets', 'word_pieces', 'word_surprisal',
-           'surprisal_reduce', 'score_stimuli', 'repeat_surprisal', 'median_ci', 'ArchContrastConfig', 'VerbatimConfig',
-           'grid_stimuli', 'VerbatimResult', 'cell_surprisals', 'run', 'WordTokenizer', 'load_corpus_templates',
-           'arch_corpus', 'arch_model_configs', 'arch_tokenizer', 'arch_rows', 'corpus_info', 'train_arch_models',
-           'arch_design', 'architecture_contrast']
-
-# %% ../nbs/12_verbatim.ipynb #c007
-LIST_TYPES = ("arbitrary", "semantic")
-CONDITIONS = ("repeat", "permute", "control")
-SCENARIOS = ("intact", "scrambled", "incongruent", "name_changed")
-N_BASE, N_SHIFTS = 23, 10   # the reference's design: 23 base lists x 10 circular shifts = 230 lists
-PERMUTE_SEED = lambda item: (543 + item) * 5  # per-list permutation seed, as in the reference code
-
-def verbatim_dir() -> Path:
-    "The folder of the shipped verbatim stimuli."
-    return data_dir() / "verbatim"
-
-def load_pools(folder: Path | None = None) -> dict[str, list[str] | dict[str, list[str]]]:
-    "The two noun pools: a list of arbitrary nouns and a {category: nouns} dict, read from `data/verbatim/`."
-    folder = Path(folder or verbatim_dir())
-    arbitrary = [w.strip() for w in (folder / "nouns_arbitrary.txt").read_text().splitlines() if w.strip()]
-    semantic: dict[str, list[str]] = {}
-    with open(folder / "nouns_semantic.csv", newline="") as f:
-        for row in csv.DictReader(f): semantic.setdefault(row["category"], []).append(row["noun"])
-    return {"arbitrary": arbitrary, "semantic": semantic}
-
-def build_base_lists(pools: dict, seed: int = 0) -> dict[str, list[list[str]]]:
-    "23 disjoint 10-noun base lists per pool: a seeded shuffle cut in chunks (arbitrary), one category each (semantic)."
-    arb = list(pools["arbitrary"])
-    if len(arb) != N_BASE * N_SHIFTS or len(set(arb)) != len(arb):
-        raise BadInput(f"The arbitrary pool needs {N_BASE * N_SHIFTS} distinct nouns, has {len(arb)} ({len(set(arb))} distinct).")
-    random.Random(seed).shuffle(arb)
-    cats = pools["semantic"]
-    if len(cats) != N_BASE or any(len(v) != N_SHIFTS for v in cats.values()):
-        raise BadInput(f"The semantic pool needs {N_BASE} categories of {N_SHIFTS} nouns; got {{{', '.join(f'{k}: {len(v)}' for k, v in cats.items())}}}.")
-    sem = [list(v) for v in cats.values()]
-    for lst in sem: random.Random(seed).shuffle(lst)
-    return {"arbitrary": [arb[i:i + N_SHIFTS] for i in range(0, len(arb), N_SHIFTS)], "semantic": sem}
-
-def load_lists(folder: Path | None = None) -> dict[str, list[list[str]]]:
-    "The shipped base lists (`lists.json`, written by `build_base_lists(load_pools())`)."
-    return json.loads((Path(folder or verbatim_dir()) / "lists.json").read_text())["lists"]
-
-def load_vignette(folder: Path | None = None) -> dict:
-    "The vignette: preface, prompt, intervening texts by length key, the incongruent text, the names."
-    return json.loads((Path(folder or verbatim_dir()) / "vignette.json").read_text())
-
-# %% ../nbs/12_verbatim.ipynb #c010
-def shifted_list(base: list[str], shift: int, n: int) -> list[str]:
-    "The first `n` nouns of `base` rotated left by `shift`."
-    if not 1 <= n <= len(base): raise BadInput(f"A list length must be 1..{len(base)}, got {n}.")
-    return (base[shift:] + base[:shift])[:n]
-
-def derange(nouns: list[str], seed: int) -> list[str]:
-    "The nouns shuffled (seeded) so that none stays at its position."
-    if len(nouns) < 2: raise BadInput("A list of fewer than 2 nouns cannot be permuted without keeping a noun in place.")
-    rng, out = random.Random(seed), list(nouns)
-    while any(a == b for a, b in zip(out, nouns)): rng.shuffle(out)
-    return out
-
-def second_list(lists: list[list[str]], item: int, n: int, condition: str) -> tuple[list[str], list[str]]:
-    "(first list, second list) of stimulus `item` (0..229: base list item // 10, shift item % 10) at length `n`."
-    if condition not in CONDITIONS: raise BadInput(f"Unknown condition {condition!r}; use one of {CONDITIONS}.")
-    if not 0 <= item < len(lists) * N_SHIFTS: raise BadInput(f"item must be in 0..{len(lists) * N_SHIFTS - 1}, got {item}.")
-    b, s = divmod(item, N_SHIFTS)
-    first = shifted_list(lists[b], s, n)
-    if condition == "repeat": return first, list(first)
-    if condition == "permute": return first, derange(first, PERMUTE_SEED(item))
-    return first, shifted_list(lists[(b + 1) % len(lists)], s, n)
-
-# %% ../nbs/12_verbatim.ipynb #c013
-def scramble_words(text: str, seed: int) -> str:
-    "Permute the words within each sentence (the final punctuation stays last)."
-    rng, out = random.Random(seed), []
-    for sent in re.split(r"(?<=[.!?])\s+", text.strip()):
-        words, end = sent[:-1].split(), sent[-1]
-        rng.shuffle(words)
-        out.append(" ".join(words) + end)
-    return " " + " ".join(out)
-
-@dataclass
-class Stimulus:
-    "One vignette with its two noun lists and their character spans."
-    text: str
-    first: list[tuple[int, int]]    # [start, end) of each first-list noun in `text`
-    second: list[tuple[int, int]]
-    list_type: str = ""
-    condition: str = ""
-    list_length: int = 0
-    intervening: int = 1            # length key 1..5 of the intervening text
-    scenario: str = "intact"
-    item: int = 0
-
-def _append_list(text: str, nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
-    spans = []
-    for i, w in enumerate(nouns):
-        text += (" " if i == 0 else ", ")
-        spans.append((len(text), len(text) + len(w))); text += w
-    return text + ".", spans
-
-def make_stimulus(first: list[str], second: list[str], vignette: dict, intervening: int = 1, scenario: str = "intact",
-                  seed: int = 0, **meta) -> Stimulus:
-    "Assemble preface, first list, intervening text, prompt and second list, recording each noun's span."
-    if scenario not in SCENARIOS: raise BadInput(f"Unknown scenario {scenario!r}; use one of {SCENARIOS}.")
-    key = str(intervening)
-    texts = vignette["incongruent"] if scenario == "incongruent" else vignette["intervening"]
-    if key not in texts: raise BadInput(f"No {'incongruent ' if scenario == 'incongruent' else ''}intervening text of length key {key}; have {sorted(texts)}.")
-    middle = scramble_words(texts[key], seed) if scenario == "scrambled" else texts[key]
-    name = vignette["name"]; back = vignette["changed_name"] if scenario == "name_changed" else name
-    text, f_spans = _append_list(vignette["preface"].format(name=name), first)
-    text += middle + vignette["prompt"].format(name=back, pronoun=vignette["pronoun"][back])
-    text, s_spans = _append_list(text, second)
-    return Stimulus(text, f_spans, s_spans, intervening=intervening, scenario=scenario, list_length=len(first), **meta)
+__all__ = ['QUICK_CAUSAL_ITEMS', 'QUICK_CONTROL_DRAWS', 'NATS_DECIMALS', 'GAP_METRIC', 'CORPUS_LIST_LENGTHS', 'CORPUS_FILLERS',
+           'CORPUS_ARBITRARY_FRAC', 'CORPUS_REPEAT_FRAC', 'token_offsets', 'word_pieces', 'word_surprisal',
+           'surprisal_reduce', 'stimulus_pieces', 'score_stimuli', 'repeat_surprisal', 'median_ci',
+           'VerbatimCausalConfig', 'ArchContrastConfig', 'VerbatimConfig', 'grid_stimuli', 'VerbatimResult',
+           'cell_surprisals', 'run', 'pooled_random_tokens', 'ngram_scores', 'causal_head_sets',
+           'repeat_surprisal_metric', 'causal_stimuli', 'verbatim_ablation', 'verbatim_causal', 'causal_line',
+           'WordTokenizer', 'load_corpus_templates', 'arch_corpus', 'arch_model_configs', 'arch_tokenizer', 'arch_rows',
+           'corpus_info', 'train_arch_models', 'arch_design', 'architecture_contrast']
 
 # %% ../nbs/12_verbatim.ipynb #c017
 def token_offsets(model: LabModel, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -182,14 +80,18 @@ def surprisal_reduce(name: str, act: Float[Tensor, "batch pos vocab"], mask: Int
     "A `capture` reduce for 'logits': per-token surprisal of the batch's own tokens (the vocabulary axis is dropped)."
     return token_surprisal(act, tokens.to(act.device))
 
+def stimulus_pieces(model: LabModel, stimuli: list[Stimulus]) -> tuple[list[list[int]], list[tuple[list, list]]]:
+    "Token ids of each stimulus, and the token indices of each noun of its (first, second) list."
+    enc = [token_offsets(model, s.text) for s in stimuli]
+    return [ids for ids, _ in enc], [(word_pieces(o, s.first, s.text), word_pieces(o, s.second, s.text)) for s, (_, o) in zip(stimuli, enc)]
+
 def score_stimuli(model: LabModel, stimuli: list[Stimulus], batch_size: int = 8,
                   progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     "Word surprisals (first list, second list) of each stimulus, in nats."
     if not stimuli: raise BadInput("No stimuli to score.")
-    enc = [token_offsets(model, s.text) for s in stimuli]
-    pieces = [(word_pieces(o, s.first, s.text), word_pieces(o, s.second, s.text)) for s, (_, o) in zip(stimuli, enc)]
-    order = sorted(range(len(stimuli)), key=lambda i: len(enc[i][0]))
-    ids = [enc[i][0] for i in order]
+    all_ids, pieces = stimulus_pieces(model, stimuli)
+    order = sorted(range(len(stimuli)), key=lambda i: len(all_ids[i]))
+    ids = [all_ids[i] for i in order]
     cap = capture(model, ids, names=["logits"], batch_size=batch_size, reduce=surprisal_reduce, progress=progress, desc="verbatim")
     tok_s = cap["logits"]
     out: list = [None] * len(stimuli)
@@ -213,6 +115,29 @@ def median_ci(values, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) 
     meds = np.median(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
     lo, hi = np.percentile(meds, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return {"median": float(np.median(x)), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}
+
+# %% ../nbs/12_verbatim.ipynb #c005
+QUICK_CAUSAL_ITEMS, QUICK_CONTROL_DRAWS = 3, 5   # the quick ablation test: a few items and draws, so `make report` can carry it
+
+@dataclass
+class VerbatimCausalConfig:
+    "The ablation test (see 'Which heads carry it?'): its stimuli, the head sets (listed, or computed in the run), the random control."
+    items: int = 20                               # items, each scored as a repeat and a control stimulus
+    k: int = 3                                    # heads per ablated set (our choice: the few top heads of 270)
+    draws: int = N_CONTROL_DRAWS                  # random head sets, from any layer
+    heads: dict | None = None                     # {"induction": [[layer, head], ...], "ngram": [...]}; None: computed in the run
+    score_seqs: int = 8                           # sequences for the computed head scores
+    score_len: int = 32                           # tokens per copy of the repeated random tokens (induction scores)
+    ngram_n: int = 2                              # n-gram heads: ranked by their score at this match length (3-gram statistics)
+    ngram_pool: int = 8                           # distinct tokens per n-gram scoring sequence, so 2-token contexts recur by chance
+    ngram_len: int = 64                           # tokens per n-gram scoring sequence
+
+    def __post_init__(self):
+        if min(self.items, self.k, self.draws) < 1: raise BadInput(f"causal items, k and draws must be >= 1, got {self.items}, {self.k}, {self.draws}.")
+        if self.heads is not None:
+            self.heads = {str(name): [[int(l), int(h)] for l, h in hs] for name, hs in dict(self.heads).items()}
+            if not self.heads or len({len(hs) for hs in self.heads.values()}) != 1 or not all(self.heads.values()):
+                raise BadInput(f"causal.heads needs named head sets of one size (the random control draws that many), got {self.heads}.")
 
 # %% ../nbs/12_verbatim.ipynb #c026
 @dataclass
@@ -249,13 +174,17 @@ class VerbatimConfig:
     n_boot: int = 10_000                          # bootstrap resamples per interval (the paper's 95% interval of the median)
     architectures: bool = True                    # also train and score the lab's Transformer and LSTM (`arch`)
     arch: ArchContrastConfig = field(default_factory=ArchContrastConfig)
+    causal: VerbatimCausalConfig | None = field(default_factory=VerbatimCausalConfig)   # attention models only; None skips it
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "VerbatimConfig":
         # no architecture contrast: training two models would push `seqlab run verbatim --quick` well past 3 minutes
         return cls(n_per_cell=2, interveners=(1, 3, 5), sweep_list_types=("arbitrary",), scenarios=("intact", "scrambled"), n_boot=1000,
-                   architectures=False)
+                   architectures=False, causal=VerbatimCausalConfig(items=QUICK_CAUSAL_ITEMS, draws=QUICK_CONTROL_DRAWS))
+
+    def __post_init__(self):
+        if isinstance(self.causal, dict): self.causal = VerbatimCausalConfig(**self.causal)   # a config read back from JSON
 
 # %% ../nbs/12_verbatim.ipynb #c054
 def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict | None = None) -> list[Stimulus]:
@@ -286,7 +215,7 @@ def grid_stimuli(cfg: VerbatimConfig, lists: dict | None = None, vignette: dict 
 
 # %% ../nbs/12_verbatim.ipynb #c029
 class VerbatimResult(Result):
-    "Repeat surprisal by list length, intervening length, position and context (draw it with `seqlab.viz.figure`)."
+    "Repeat surprisal by list length, intervening length, position and context, and the head-ablation test (draw it with `seqlab.viz.figure`)."
 
     def summary(self) -> list[list]:
         rows, m = [], self.metrics
@@ -301,6 +230,8 @@ class VerbatimResult(Result):
             n_a = max(by_c["repeat"], key=int)
             rows.append([f"{arch}: repeat / permute / control, arbitrary, N={n_a}",
                          " / ".join(f"{by_c[c][n_a]:.1f}%" for c in ("repeat", "permute", "control") if c in by_c)])
+        for name, e in m.get("causal", {}).items():
+            rows.append([f"ablate the top {name} heads (mean): repeat-vs-control gap, N={e['list_length']}", causal_line(e)])
         rows.append(["stimuli scored", m["n_stimuli"]])
         return rows
 
@@ -349,7 +280,7 @@ def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: 
 
 # %% ../nbs/12_verbatim.ipynb #c030
 def run(model: LabModel, cfg: VerbatimConfig | None = None, *, progress: bool = True) -> VerbatimResult:
-    "Score the design on `model` (any kind) and aggregate repeat surprisal; with `cfg.architectures`, add the lab models beside it."
+    "Score the design on `model` (any kind) and aggregate repeat surprisal; with `cfg.architectures`, add the lab models beside it; on an attention model, the ablation test."
     cfg = cfg or VerbatimConfig()
     t0 = time.time(); seed_everything(cfg.seed)
     vignette = load_vignette()
@@ -358,12 +289,112 @@ def run(model: LabModel, cfg: VerbatimConfig | None = None, *, progress: bool = 
     iv_tokens = {k: len(model.encode(vignette["intervening"][str(k)])) for k in cfg.interveners}
     metrics = _aggregate(cfg, stimuli, scores, iv_tokens)
     if cfg.architectures: metrics.update(architecture_contrast(cfg, metrics, model.name, progress=progress))
+    if cfg.causal is not None and model.arch.kind == "attention": metrics["causal"] = verbatim_causal(model, cfg)
     return VerbatimResult(probe="verbatim", model=model.name, config=dataclasses.asdict(cfg), metrics=metrics,
                           seed=cfg.seed, elapsed_s=time.time() - t0)
 
 register_probe(Probe(name="verbatim", config=VerbatimConfig, run=run, result=VerbatimResult, needs="any", page="12_verbatim",
                      question="After reading a list of nouns and some unrelated text, how much more predictable is the list "
                               "when it comes again: exactly, permuted, or not at all?"))
+
+# %% ../nbs/12_verbatim.ipynb #c070
+def pooled_random_tokens(model: LabModel, n_seqs: int, seq_len: int, pool: int, generator: torch.Generator) -> Int[Tensor, "n pos"]:
+    "`[bos]` (if the model has one) and `seq_len` tokens drawn from `pool` random tokens of each sequence's own: short contexts recur by chance."
+    if pool < 2 or seq_len < 2: raise BadInput(f"Need pool >= 2 and seq_len >= 2, got {pool} and {seq_len}.")
+    toks = repeated_random_tokens(model, n_seqs, pool, generator)            # [bos] r r, no special tokens: r is the pool
+    off = int(model.bos_token_id is not None)
+    seq = toks[:, off:off + pool].gather(1, torch.randint(0, pool, (n_seqs, seq_len), generator=generator))
+    return torch.cat([toks[:, :off], seq], 1)
+
+def ngram_scores(model: LabModel, tokens: Int[Tensor, "n pos"], n: int, batch_size: int = 8) -> Float[Tensor, "layer head"]:
+    "Each head's `ngram_head_scores` at match length `n`, averaged over the query positions that have a match."
+    def reduce(name, act, mask, toks): return ngram_head_scores(act.float(), toks, (n,), mask)[:, :, 0]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
+    cap = capture(model, tokens, names, batch_size=batch_size, reduce=reduce, progress=False)
+    tot = torch.stack([cap[x].sum(0) for x in names])                         # [layer, head, (score, baseline, count)]
+    return tot[..., 0] / tot[..., 2].clamp(min=1)
+
+def causal_head_sets(model: LabModel, c: VerbatimCausalConfig, seed: int = 0, batch_size: int = 8) -> tuple[dict, dict]:
+    "({'induction': heads, 'ngram': heads}, their scores [layer, head]): `c.heads` as listed, or the top `c.k` of each score, computed here."
+    if c.heads is not None: return c.heads, {}
+    toks = pooled_random_tokens(model, c.score_seqs, c.ngram_len, c.ngram_pool, torch.Generator().manual_seed(seed))
+    scores = {"induction": pattern_scores(model, c.score_seqs, c.score_len, seed, batch_size)["induction"],
+              "ngram": ngram_scores(model, toks, c.ngram_n, batch_size)}
+    return {name: [list(h) for h in top_heads(s, c.k)] for name, s in scores.items()}, scores
+
+# %% ../nbs/12_verbatim.ipynb #c073
+def repeat_surprisal_metric(pieces: list[tuple[list, list]], skip_first: bool = True) -> Callable:
+    "A per-input metric for `run_stacked`: the repeat surprisal (%) of input i, whose nouns sit at the token indices `pieces[i]`."
+    def metric(logits, tokens, mask, ids):
+        ts = token_surprisal(logits, tokens).cpu()
+        return torch.tensor([repeat_surprisal(word_surprisal(ts[r], pieces[i][0]).numpy(), word_surprisal(ts[r], pieces[i][1]).numpy(),
+                                              skip_first) for r, i in enumerate(ids.tolist())])
+    return metric
+
+def causal_stimuli(cfg: VerbatimConfig) -> list[Stimulus]:
+    "The repeat and the control stimulus of `cfg.causal.items` items: arbitrary lists, N = sweep_list_length, key default_intervening, intact."
+    return grid_stimuli(dataclasses.replace(cfg, list_types=("arbitrary",), list_lengths=(cfg.sweep_list_length,), sweep_list_types=(),
+                                            scenarios=(), conditions=("repeat", "control"), n_per_cell=cfg.causal.items))
+
+# %% ../nbs/12_verbatim.ipynb #c076
+GAP_METRIC = "repeat-vs-control gap closed (points)"   # what every entry's effect measures
+
+def _draw_summary(per_draw: Tensor) -> dict:
+    lo, hi = torch.quantile(per_draw, torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=per_draw.dtype)).tolist()
+    return {"mean": per_draw.mean().item(), "lo": lo, "hi": hi}
+
+@torch.no_grad()
+def verbatim_ablation(model: LabModel, stimuli: list[Stimulus], head_sets: dict, n_draws: int = N_CONTROL_DRAWS, seed: int = 0,
+                      batch_size: int = 8, skip_first: bool = True) -> dict:
+    "Per named head set: the repeat-vs-control gap closed by mean-ablating it, against random sets of as many heads from any layer (JSON-ready)."
+    rep = [i for i, s in enumerate(stimuli) if s.condition == "repeat"]
+    ctl = [i for i, s in enumerate(stimuli) if s.condition == "control"]
+    if not rep or [stimuli[i].item for i in rep] != [stimuli[i].item for i in ctl]:
+        raise BadInput("The ablation test needs a repeat and a control stimulus of each item, in the same item order (see causal_stimuli).")
+    k = {len(h) for h in head_sets.values()}
+    if len(k) != 1: raise BadInput(f"The head sets must be of one size (the random control draws that many heads); got {k}.")
+    targets = [[(int(l), int(h)) for l, h in hs] for hs in head_sets.values()]
+    draws = random_heads(model, k.pop(), n_draws, seed, exclude=sorted({h for hs in targets for h in hs}))
+    ids, pieces = stimulus_pieces(model, stimuli)
+    rs = run_stacked(model, ids, [[]] + [head_specs(h) for h in targets + draws], repeat_surprisal_metric(pieces, skip_first),
+                     batch_size=batch_size, branch=False).double()                      # [clean + sets + draws, stimulus]
+    gap = rs[:, ctl] - rs[:, rep]                                                       # [.., item]
+    closed = gap[:1] - gap[1:]
+    rnd = closed[len(targets):].mean(1)
+    ci = lambda v: bootstrap_interval(v, seed=seed)
+    random = {"effects": rnd.tolist(), **_draw_summary(rnd), "draws": n_draws, "heads": [[list(h) for h in d] for d in draws]}
+    out = {}
+    for j, (name, heads) in enumerate(zip(head_sets, targets)):
+        t = closed[j]
+        out[name] = {"heads": [list(h) for h in heads], "op": "mean", "metric": GAP_METRIC, "effect": ci(t), "random": random,
+                     "exceeds": (rnd >= t.mean()).double().mean().item(),
+                     "gap": {"clean": ci(gap[0]), "ablated": ci(gap[1 + j]), "random": _draw_summary(gap[1 + len(targets):].mean(1))},
+                     "repeat": {"clean": ci(rs[0, rep]), "ablated": ci(rs[1 + j, rep]), "random": _draw_summary(rs[1 + len(targets):, rep].mean(1))},
+                     "control": {"clean": ci(rs[0, ctl]), "ablated": ci(rs[1 + j, ctl]), "random": _draw_summary(rs[1 + len(targets):, ctl].mean(1))}}
+    return out
+
+# %% ../nbs/12_verbatim.ipynb #c077
+def verbatim_causal(model: LabModel, cfg: VerbatimConfig) -> dict:
+    "The ablation test `cfg.causal` on `model`: the head sets (listed, or computed here), the stimuli, `verbatim_ablation`."
+    c = cfg.causal
+    total = model.n_layers * model.W_O(0).shape[0]
+    if c.heads is None and c.k > total // 3:   # two target sets and a random set of k heads must fit among the model's heads
+        if total < 3: return {}
+        c = dataclasses.replace(c, k=total // 3)
+    sets, scores = causal_head_sets(model, c, cfg.seed, cfg.batch_size)
+    out = verbatim_ablation(model, causal_stimuli(cfg), sets, c.draws, cfg.seed, cfg.batch_size, cfg.skip_first)
+    for name, e in out.items():
+        e.update(heads_from="config" if c.heads is not None else "computed", k=len(e["heads"]), items=c.items, list_length=cfg.sweep_list_length,
+                 intervening=cfg.default_intervening)
+        if name in scores: e["scores"] = [scores[name][l, h].item() for l, h in e["heads"]]
+    return out
+
+def causal_line(e: dict) -> str:
+    "One summary line for a `verbatim_ablation` entry."
+    g, x, r = e["gap"], e["effect"], e["random"]
+    return (f"{', '.join(f'L{l}H{h}' for l, h in e['heads'])}: gap {g['clean']['mean']:.1f} -> {g['ablated']['mean']:.1f} pts, closed "
+            f"{x['mean']:.1f} ({x['lo']:.1f} to {x['hi']:.1f}); random heads close {r['mean']:.1f} ({r['lo']:.1f} to {r['hi']:.1f}, "
+            f"{r['draws']} draws; share as large: {e['exceeds']:.2f})")
 
 # %% ../nbs/12_verbatim.ipynb #c032
 _WORD = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")

@@ -6,8 +6,8 @@ import torch
 
 from seqlab.capture import capture
 from seqlab.core import BadInput, get_probe
-from seqlab.heads import (SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ordinal_tasks, ov_outputs,
-                          ov_pairs_for_ids, roman_numerals, run_successor, shift_model, stacked_ov, succession_pairs,
+from seqlab.heads import (SENTENCE_TEMPLATES, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ordinal_tasks, ov_outputs,
+                          ov_pairs_for_ids, roman_numerals, run_successor, shift_model, stacked_ov, succession_pairs, succession_sentences,
                           succession_scores)
 from seqlab.viz import figure
 
@@ -68,8 +68,20 @@ def test_validity_mask_on_smollm2(smol):
     with pytest.raises(BadInput, match="Unknown forms"): succession_pairs(smol.encode, ordinal_tasks(), forms=("shout",))
 
 
+def test_succession_sentences_tokenise_on_smollm2(smol):
+    tasks = ordinal_tasks()
+    prompts, marks, dropped = succession_sentences(smol, tasks, torch.Generator())
+    steps = {t: len(tasks[t]["items"]) - 1 + bool(tasks[t].get("wrap")) for t in SENTENCE_TEMPLATES}
+    assert dropped == 0 and len(prompts) == sum(len(v) * steps[t] for t, v in SENTENCE_TEMPLATES.items())
+    assert smol.tokenizer.decode(prompts[0]) == "The meeting moved from Monday to Tuesday"
+    assert prompts[0][-1] == smol.encode(" Tuesday")[0] and marks[0][-1] == 2 and sum(marks[0]) == 2
+    few = succession_sentences(smol, tasks, torch.Generator().manual_seed(0), per_template=2)[0]
+    assert len(few) == 2 * sum(map(len, SENTENCE_TEMPLATES.values())) and set(map(tuple, few)) <= set(map(tuple, prompts))
+
+
 def test_successor_probe_on_embedded_model(smol):
-    cfg = dataclasses.replace(SuccessorConfig.quick(), compare=("mlp0",), probe_steps=60, n_prompts_per_task=2)
+    cfg = dataclasses.replace(SuccessorConfig.quick(), compare=("mlp0",), probe_steps=60, n_prompts_per_task=2,
+                              causal_draws=4, causal_prompts_per_task=1, sentences_per_template=1)
     res = run_successor(smol, cfg)
     m = res.metrics
     assert len(m["heads"]) == 270 and m["heads"][0]["score"] >= m["heads"][-1]["score"]
@@ -77,6 +89,10 @@ def test_successor_probe_on_embedded_model(smol):
     assert m["heads"][0]["score"] > 2 * m["chance_pooled"]
     assert m["ablation"]["best"] > m["ablation"]["random"]
     assert set(m) >= {"heads", "n_pairs", "dropped_pairs", "per_task", "mod10", "arithmetic_success", "ablation"}
+    c = m["causal"]                                       # mean-ablating L23H3 vs random single heads from any layer
+    assert set(c) == {"comma_lists", "sentences"} and c["sentences"]["dropped"] == 0
+    assert c["comma_lists"]["heads"] == [[m["best"]["layer"], m["best"]["head"]]] and c["sentences"]["random"]["draws"] == 4
+    assert c["comma_lists"]["effect"]["n"] == 9 and c["sentences"]["effect"]["n"] == sum(map(len, SENTENCE_TEMPLATES.values()))
     assert figure(res).data
     with pytest.raises(BadInput, match="extended-embedding"): run_successor(smol, dataclasses.replace(cfg, ext="nope"))
 

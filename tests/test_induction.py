@@ -1,7 +1,8 @@
 "The induction probe on the embedded model."
 import torch
 
-from seqlab.heads import InductionConfig, induction_scores, run_induction
+from seqlab.head_scores import induction_scores
+from seqlab.heads import InductionConfig, run_induction
 from seqlab.viz import figure
 
 
@@ -15,14 +16,18 @@ def test_induction_heads_found_and_second_copy_is_easy(smol):
     assert len(m["induction_scores"]) == 30 and len(m["induction_scores"][0]) == 9
     d = res.to_dict()
     assert {"probe", "model", "config", "metrics", "seed", "seqlab_version", "elapsed_s"} <= set(d)
+    c = m["causal"]["top_induction_heads"]              # mean-ablating the top 5 heads vs 5 random heads from any layer
+    assert [tuple(h) for h in c["heads"]] == [(t["layer"], t["head"]) for t in m["top_heads"][:5]]
+    assert c["exceeds"] == 0 and c["effect"]["lo"] > 2 * c["random"]["hi"] > 0
+    assert c["random"]["draws"] == 10 and len({l for draw in c["random"]["heads"] for l, _ in draw}) > 2   # from many layers
     fig = figure(res)                                   # the view draws both grids, layer x head
-    assert [tuple(t.z.shape) for t in fig.data] == [(30, 9), (30, 9)]
+    assert [tuple(t.z.shape) for t in fig.data if t.type == "heatmap"] == [(30, 9), (30, 9)]
 
 
 def test_induction_is_deterministic_given_the_seed(smol):
-    cfg = InductionConfig(n_seqs=2, seq_len=8, batch_size=2, seed=7)
+    cfg = InductionConfig(n_seqs=2, seq_len=8, batch_size=2, seed=7, causal_seqs=1, causal_draws=2)
     a, b = run_induction(smol, cfg), run_induction(smol, cfg)
-    assert a.metrics["top_heads"] == b.metrics["top_heads"]
+    assert a.metrics["top_heads"] == b.metrics["top_heads"] and a.metrics["causal"] == b.metrics["causal"]
 
 
 def test_scores_on_a_uniform_pattern_are_chance():

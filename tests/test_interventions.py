@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from seqlab.archs import CharTokenizer, Mamba2, Mamba2Config, Transformer, TransformerConfig
-from seqlab.capture import capture, hooks
-from seqlab.interventions import (Intervention, generate, head_sweep, logit_diff, mean_loss, patch_heads, patch_residual,
-                                  path_patch_heads, run_intervened, run_stacked, steering_vector)
+from seqlab.capture import capture, hooks, run_with_hooks
+from seqlab.core import BadInput
+from seqlab.families import write_tiny
+from seqlab.interventions import (Intervention, ablation_control, final_norm, generate, head_set_effect, head_specs, head_sweep,
+                                  logit_diff, masked_loss, mean_loss, patch_heads, patch_residual, path_patch_heads, random_heads,
+                                  run_intervened, run_stacked, steering_vector)
 from seqlab.zoo import as_lab_model, load, write_tiny_llama
 
 ALPHA = list("abcdefghij")            # 10 tokens; every test model has d_model != d_vocab
@@ -217,3 +220,100 @@ def test_tiny_llama_sweep_and_patching(llama):
     torch.testing.assert_close(whole[0, changed[0]], torch.tensor(1.0))      # at layer 0 the changed token carries it all
     p = path_patch_heads(llama, clean, corrupted, metric)
     assert p.shape == (2, 4) and torch.isfinite(p).all()
+
+
+def test_random_heads_from_all_layers_reproducible_and_excluding():
+    m = random_transformer(n_layers=3, n_heads=4)
+    ex = [(0, 0), (2, 3)]
+    draws = random_heads(m, 3, 50, seed=5, exclude=ex)
+    assert draws == random_heads(m, 3, 50, seed=5, exclude=ex) and draws != random_heads(m, 3, 50, seed=6, exclude=ex)
+    assert all(len(set(d)) == 3 and not set(d) & set(ex) for d in draws)
+    assert {l for d in draws for l, _ in d} == {0, 1, 2}                      # every layer is drawn from
+    assert {h for d in draws for h in d} == {(l, h) for l in range(3) for h in range(4)} - set(ex)
+    with pytest.raises(BadInput, match="0 < k <= 10"): random_heads(m, 11, 1, exclude=ex)
+
+
+def two_layer_copier(seed=0):
+    "copy_model's copying head at L0H0; every other head (layer 0 and 1) random with a small output."
+    V, d, H = len(ALPHA), 24, 3
+    cfg = TransformerConfig(d_vocab=V, d_model=d, n_layers=2, n_heads=H, d_head=V, d_mlp=0, norm="rmsnorm", positional="rope")
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    with torch.no_grad():
+        m.embed.weight.zero_(); m.embed.weight[:, :V] = torch.eye(V)
+        for l in range(2): m.blocks[l].attn.out.weight.mul_(0.05)               # small outputs everywhere ...
+        qkv = m.blocks[0].attn.qkv.weight.view(3, H, V, d)
+        qkv[0, 0] = 0; qkv[1, 0] = 0; qkv[2, 0] = 0; qkv[2, 0, :, :V] = torch.eye(V)
+        W_O = m.blocks[0].attn.out.weight.view(d, H, V)
+        W_O[:, 0] = 0; W_O[V:2 * V, 0] = torch.eye(V)                          # ... except the copier's
+        m.unembed.weight.zero_(); m.unembed.weight[:, V:2 * V] = 4 * torch.eye(V)
+    return as_lab_model(m, CharTokenizer(ALPHA), "copier")
+
+
+PAIRS = ["abababab", "cdcdcdcd", "efefefef", "ghghghgh", "ijijijij", "acacacac"]
+
+
+def test_ablation_control_singles_out_the_copying_head():
+    m = two_layer_copier()
+    late = torch.zeros(len(PAIRS), 8); late[:, 4:] = 1                           # the first positions have little to copy from
+    ctl = ablation_control(m, PAIRS, masked_loss(late), [(0, 0)], n_draws=8, op="mean")
+    assert ctl["exceeds"] == 0 and ctl["effect"]["mean"] > max(ctl["random"]["effects"])
+    assert ctl["effect"]["lo"] > 0.1 and ctl["effect"]["n"] == len(PAIRS)        # losing the copier costs loss on every input
+    assert {l for d in ctl["random"]["heads"] for l, _ in d} == {0, 1} and [0, 0] not in [h for d in ctl["random"]["heads"] for h in d]
+    assert ctl["random"]["lo"] <= ctl["random"]["mean"] <= ctl["random"]["hi"]
+    json.dumps(ctl)
+
+
+@pytest.mark.parametrize("op", ["mean", "zero"])
+def test_head_set_effect_equals_a_manual_ablation(op):
+    m = random_transformer(n_layers=2, n_heads=3)
+    heads, ref = [(0, 2), (1, 0), (1, 2)], ["jjjjhhh", "abcdefa"]
+    got = head_set_effect(m, TEXTS, mean_loss, heads, op=op, reference=ref, batch_size=2)
+    names = [f"blocks.{l}.attn.hook_z" for l in range(2)]
+    cap = capture(m, ref, names, progress=False)
+    mask = m.tokenize(ref)[1].bool()
+    means = {n: cap[n][mask].mean(0) for n in names}                           # [head, d_head] over the reference's tokens
+    def ablate(l, hs):
+        def fn(z, hook):
+            z = z.clone(); z[:, :, hs] = 0 if op == "zero" else means[f"blocks.{l}.attn.hook_z"][hs]; return z
+        return (f"blocks.{l}.attn.hook_z", fn)
+    toks, tmask = m.tokenize(TEXTS)
+    ids = torch.arange(len(TEXTS))
+    clean = mean_loss(run_with_hooks(m, toks, [], attention_mask=tmask), toks, tmask, ids)
+    abl = mean_loss(run_with_hooks(m, toks, [ablate(0, [2]), ablate(1, [0, 2])], attention_mask=tmask), toks, tmask, ids)
+    torch.testing.assert_close(got, abl - clean, atol=1e-5, rtol=0)
+    assert got.abs().max() > 1e-3
+    assert [s.heads for s in head_specs(heads)] == [(2,), (0, 2)]
+
+
+def test_masked_loss_counts_only_the_weighted_tokens():
+    m = random_transformer()
+    texts = TEXTS[:4]                                                          # 8 tokens each
+    toks, mask = m.tokenize(texts)
+    w = torch.zeros(toks.shape); w[:, 4:6] = 1
+    metric = masked_loss(w)
+    stacked = run_stacked(m, texts, [[]], metric, branch=True)[0]               # branched: one unpadded input at a time
+    logits = m.forward(texts)
+    lp = logits[:, 3:5].log_softmax(-1).gather(-1, toks[:, 4:6, None])[..., 0]
+    torch.testing.assert_close(stacked, -lp.mean(1), atol=1e-5, rtol=0)
+
+
+def check_final_norm(model):
+    "final_norm's facts rebuild ln_final: centre?(x) / rms * gain (+ the norm's bias)."
+    g, centres, eps = final_norm(model)
+    norm = model.ln_final
+    x = torch.randn(3, model.arch.d_model) * 3 + 1
+    c = x - x.mean(-1, keepdim=True) if centres else x
+    b = getattr(norm, "bias", None)
+    if b is None: b = getattr(norm, "b", None)
+    want = c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + eps) * g + (0 if b is None else b.detach())
+    torch.testing.assert_close(norm(x.to(g.device)).float(), want, atol=1e-5, rtol=1e-5)
+    return centres
+
+
+def test_final_norm_on_hf_and_lab_models(llama, tmp_path):
+    assert check_final_norm(llama) is False                                   # HF Llama: RMSNorm, `weight`, `variance_epsilon`
+    assert check_final_norm(load(str(write_tiny("gpt2", tmp_path / "gpt2")), progress=False)) is True   # LayerNorm
+    assert check_final_norm(load(str(write_tiny("gemma2", tmp_path / "gemma2")), progress=False)) is False   # gain 1 + weight
+    assert check_final_norm(random_transformer()) is True                     # lab LayerNorm: `w`, `b`
+    assert check_final_norm(copy_model()) is False                            # lab RMSNorm

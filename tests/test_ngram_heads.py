@@ -1,11 +1,21 @@
-"n-gram heads: scores on hand-made patterns, the scan through capture on a padded lab Transformer, the nested icll config, and the probe on the embedded model."
+"""n-gram heads: scores on hand-made patterns, the scan through capture on a padded lab Transformer, the nested icll config,
+the ablation test (a hand-built copying head against random heads; the entries of a tiny run), and the probe on the embedded model."""
+import json
+
 import pytest
 import torch
 
+from seqlab.archs import CharTokenizer, Transformer, TransformerConfig
 from seqlab.core import BadInput, get_probe
-from seqlab.ngram_heads import NgramConfig, icll_preset_name, ngram_head_scores, ngram_scan, run_ngram
-from seqlab.regbench import ICLLModelsConfig
+from seqlab.head_scores import ngram_head_scores
+from seqlab.ngram_heads import (NgramCausalConfig, NgramConfig, icll_ablation, icll_preset_name, icll_transformer_heads, ngram_scan,
+                                regbench_instances, run_ngram)
+from seqlab.regbench import LETTERS, SEP, ICLLModelsConfig, RegbenchConfig, icll_data
+from seqlab.train import TrainConfig
 from seqlab.viz import figure
+from seqlab.zoo import as_lab_model
+
+CONTROL_FIELDS = {"heads", "op", "effect", "random", "exceeds"}   # contract 2's dict, as every causal entry carries it
 
 
 def test_ngram_scores_on_hand_made_patterns():
@@ -24,8 +34,15 @@ def test_ngram_scores_on_hand_made_patterns():
 
 
 def test_ngram_probe_on_embedded_model(smol):
-    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2, icll=None))
+    res = run_ngram(smol, NgramConfig(n_seqs=2, seq_tokens=48, word_half_len=24, batch_size=2, icll=None,
+                                      causal=NgramCausalConfig(k=2, draws=3)))
     m = res.metrics
+    c = m["causal"]["icll"]                                           # the ablation test on SmolLM2's top n=2 heads
+    assert CONTROL_FIELDS <= set(c) and len(c["heads"]) == 2 and c["random"]["draws"] == 3 and c["effect"]["n"] == 2
+    top2 = [[h["layer"], h["head"]] for h in m["top"]["dfa"]["2"][:2]]
+    assert c["heads"] == top2 and 0 <= c["accuracy"]["clean"] <= 1 and c["model"] == smol.name
+    assert any(r[0].startswith("ablate") for r in res.summary())
+    json.dumps(c)
     assert len(m["heads"]) == 3 * 270 and {"layer", "head", "n", "score"} <= set(m["heads"][0])
     best = m["top"]["words"]["1"][0]
     assert best["score"] > 0.5 and best["score"] > 3 * best["baseline"]   # induction-like heads exist on repeated words
@@ -61,3 +78,47 @@ def test_ngram_config_nests_the_icll_models_config():
     cfg = get_probe("ngram").make_config(quick=True, seed=2)
     assert cfg.icll.seed == 2 and cfg.icll.train.seed == 2 and icll_preset_name(cfg.icll) == "quick"   # the models follow the seed
     assert NgramConfig(icll=None).icll is None
+
+
+def copier(alphabet: str, n_layers: int = 2, n_heads: int = 3, seed: int = 0):
+    "L0H0 attends uniformly to the prefix and writes each token's identity where the unembedding reads; every other head is random with a small output."
+    tok = CharTokenizer(alphabet + "#", pad="#")
+    V = tok.vocab_size; dh, d = V + V % 2, 2 * V + 4                 # an even d_head for RoPE; d_model != d_vocab
+    cfg = TransformerConfig(d_vocab=V, d_model=d, n_layers=n_layers, n_heads=n_heads, d_head=dh, d_mlp=0, norm="rmsnorm")
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    with torch.no_grad():
+        m.embed.weight.zero_(); m.embed.weight[:, :V] = torch.eye(V)
+        for b in m.blocks: b.attn.out.weight.mul_(0.05)
+        qkv = m.blocks[0].attn.qkv.weight.view(3, n_heads, dh, d)
+        qkv[:, 0] = 0; qkv[2, 0, :V, :V] = torch.eye(V)               # uniform attention, value = the token
+        W_O = m.blocks[0].attn.out.weight.view(d, n_heads, dh)
+        W_O[:, 0] = 0; W_O[V:2 * V, 0, :V] = torch.eye(V)
+        m.unembed.weight.zero_(); m.unembed.weight[:, V:2 * V] = 4 * torch.eye(V)
+    return as_lab_model(m, tok, "copier")
+
+
+def test_ablating_an_in_context_unigram_head_lowers_icll_accuracy_more_than_random_heads():
+    # the copier predicts the letters seen so far (an in-context 1-gram model): above chance on REGBENCH, which ablating it loses
+    m = copier(LETTERS + SEP)
+    rows = regbench_instances(8, 48, seed=0)
+    ab = icll_ablation(m, [m.encode(r["text"]) for r in rows], rows, m.encode(LETTERS), [(0, 0)], n_draws=5)
+    assert CONTROL_FIELDS <= set(ab) and ab["n_sequences"] == 8
+    assert ab["accuracy"]["clean"] > ab["accuracy"]["ablated"] + 0.05              # measured: 0.28 -> 0.18
+    assert ab["effect"]["lo"] > max(ab["random"]["effects"]) and ab["exceeds"] == 0
+    loss = icll_ablation(m, [m.encode(r["text"]) for r in rows], rows, m.encode(LETTERS), [(0, 0)], n_draws=5, metric="loss")
+    # the letter loss moves far more than under any random head (down, here: the copier is overconfident where it is wrong)
+    assert abs(loss["effect"]["mean"]) > 10 * max(map(abs, loss["random"]["effects"])) and "accuracy" not in loss
+    json.dumps(ab)
+
+
+def test_trained_transformer_gets_its_causal_entry():
+    # a tiny icll recipe (a few updates): the entry's shape, not the science
+    icfg = ICLLModelsConfig(data=RegbenchConfig(string_len=(1, 6), max_chars=40), train_sizes=(16,), n_val=0, n_test=6, d_model=16,
+                            batch_size=8, train=TrainConfig(steps=3, lr=1e-3, eval_every=0), progress=False)
+    tr = icll_transformer_heads(icfg, icll_data(icfg), (1, 2), NgramCausalConfig(draws=3))
+    c = tr["causal"]
+    assert CONTROL_FIELDS <= set(c) and len(c["heads"]) == 1 and c["n"] == 2 and c["effect"]["n"] == 6
+    assert all(len(d) == 1 and d[0] != c["heads"][0] for d in c["random"]["heads"])   # single heads of the other three
+    best = tr["top"]["2"][0]
+    assert c["heads"] == [[best["layer"], best["head"]]]

@@ -8,11 +8,13 @@ import torch
 from seqlab.capture import token_surprisal
 from seqlab.core import BadInput, get_probe
 from seqlab.train import TrainConfig
-from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, ArchContrastConfig, Stimulus, VerbatimConfig,
+from seqlab.verbatim import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, ArchContrastConfig, Stimulus, VerbatimCausalConfig, VerbatimConfig,
                              VerbatimResult, build_base_lists, derange, grid_stimuli, load_lists, load_pools, load_vignette,
                              make_stimulus, median_ci, repeat_surprisal, run, score_stimuli, second_list,
-                             shifted_list, token_offsets, word_pieces, word_surprisal)
+                             shifted_list, token_offsets, verbatim_ablation, word_pieces, word_surprisal)
 from seqlab.viz import figure
+
+CONTROL_FIELDS = {"heads", "op", "effect", "random", "exceeds"}   # contract 2's dict, as every causal entry carries it
 
 
 # -- stimuli files ---------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def test_batched_equals_one_at_a_time(model):
 
 def test_probe_runs_and_repeat_is_cheaper(model):
     cfg = dataclasses.replace(VerbatimConfig.quick(), list_lengths=(3, 10), interveners=(1, 2), scenarios=("intact",),
-                              list_types=("arbitrary",), n_per_cell=3)
+                              list_types=("arbitrary",), n_per_cell=3, causal=None)   # the ablation test: on a tiny model below
     res = run(model, cfg, progress=False)
     rs = res.metrics["repeat_surprisal"]["arbitrary"]
     assert set(rs) == set(CONDITIONS) and set(rs["repeat"]) == {"3", "10"}
@@ -179,3 +181,64 @@ def test_lab_models_train_cache_and_score(tmp_path):
         assert [tok.words[ids[p[0]]] for p in word_pieces(offs, st.second, st.text)] == nouns[::-1]   # one token per noun
         f, s = score_stimuli(lm, [st])[0]
         assert len(f) == len(s) == 4 and np.isfinite(f).all() and np.isfinite(s).all() and (f > 0).all()
+
+
+# -- the ablation test ------------------------------------------------------------------------------
+def copier(alphabet: str, n_layers: int = 2, n_heads: int = 3, seed: int = 0):
+    "L0H0 attends uniformly to the prefix and writes each token's identity where the unembedding reads; every other head is random with a small output."
+    from seqlab.archs import CharTokenizer, Transformer, TransformerConfig
+    from seqlab.zoo import as_lab_model
+    tok = CharTokenizer(alphabet + "#", pad="#")
+    V = tok.vocab_size; dh, d = V + V % 2, 2 * V + 4                 # an even d_head for RoPE; d_model != d_vocab
+    cfg = TransformerConfig(d_vocab=V, d_model=d, n_layers=n_layers, n_heads=n_heads, d_head=dh, d_mlp=0, norm="rmsnorm")
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    with torch.no_grad():
+        m.embed.weight.zero_(); m.embed.weight[:, :V] = torch.eye(V)
+        for b in m.blocks: b.attn.out.weight.mul_(0.05)
+        qkv = m.blocks[0].attn.qkv.weight.view(3, n_heads, dh, d)
+        qkv[:, 0] = 0; qkv[2, 0, :V, :V] = torch.eye(V)               # uniform attention, value = the token
+        W_O = m.blocks[0].attn.out.weight.view(d, n_heads, dh)
+        W_O[:, 0] = 0; W_O[V:2 * V, 0, :V] = torch.eye(V)
+        m.unembed.weight.zero_(); m.unembed.weight[:, V:2 * V] = 4 * torch.eye(V)
+    return as_lab_model(m, tok, "copier")
+
+
+MINI_VIGNETTE = {"preface": "{name}:", "prompt": " {name}:", "intervening": {"1": " ok."}, "incongruent": {}, "name": "A",
+                 "changed_name": "B", "pronoun": {"A": "she", "B": "he"}}
+
+
+def test_ablating_the_copying_head_closes_the_repeat_control_gap_and_random_heads_do_not():
+    # one-letter nouns; the copier makes letters seen before cheap, so an exact repeat is cheaper than novel letters
+    import string
+    m = copier(string.ascii_letters + ":,. ")
+    lists = ["abcdef", "ghijkl", "mnopqr", "stuvwx", "yzABCD", "EFGHIJ"]
+    stims = [make_stimulus(list(f), list(f if c == "repeat" else lists[(i + 1) % len(lists)]), MINI_VIGNETTE, condition=c, item=i)
+             for c in ("repeat", "control") for i, f in enumerate(lists)]
+    out = verbatim_ablation(m, stims, {"copier": [[0, 0]], "other": [[1, 1]]}, n_draws=5)
+    cp, other = out["copier"], out["other"]
+    assert CONTROL_FIELDS <= set(cp) and cp["effect"]["n"] == 6 and cp["random"] is other["random"]   # one set of draws for both
+    assert cp["gap"]["clean"]["lo"] > 5                               # repeats are cheaper while the copier works (measured: ~10 points)
+    assert cp["effect"]["lo"] > 10 * max(map(abs, cp["random"]["effects"])) and cp["exceeds"] == 0
+    assert abs(other["effect"]["mean"]) < cp["effect"]["mean"] / 10
+    assert cp["repeat"]["ablated"]["mean"] > cp["repeat"]["clean"]["mean"]   # the repeat moved toward the control
+    json_ready = __import__("json").dumps(out)
+    assert json_ready and [0, 0] not in [h for d in cp["random"]["heads"] for h in d] and [1, 1] not in [h for d in cp["random"]["heads"] for h in d]
+
+
+def test_causal_entry_on_a_tiny_run(tmp_path):
+    from seqlab.families import write_tiny
+    from seqlab.zoo import load
+    tiny = load(write_tiny("llama", tmp_path, max_position_embeddings=1024), progress=False)   # characters: the vignette is ~500 tokens
+    causal = VerbatimCausalConfig(items=2, k=2, draws=3, score_seqs=2, score_len=8, ngram_len=24)
+    cfg = dataclasses.replace(VerbatimConfig.quick(), list_lengths=(10,), interveners=(1,), scenarios=("intact",), causal=causal)
+    res = run(tiny, cfg, progress=False)
+    c = res.metrics["causal"]
+    assert set(c) == {"induction", "ngram"}
+    for e in c.values():
+        assert CONTROL_FIELDS <= set(e) and len(e["heads"]) == 2 and e["random"]["draws"] == 3 and e["effect"]["n"] == 2
+        assert e["heads_from"] == "computed" and len(e["scores"]) == 2 and e["scores"][0] >= e["scores"][1]
+    assert sum(r[0].startswith("ablate") for r in res.summary()) == 2
+    listed = dataclasses.replace(cfg, causal=dataclasses.replace(causal, heads={"mine": [[0, 1], [1, 0]]}))
+    assert run(tiny, listed, progress=False).metrics["causal"]["mine"]["heads_from"] == "config"
+    with pytest.raises(BadInput, match="one size"): VerbatimCausalConfig(heads={"a": [[0, 1]], "b": [[0, 1], [1, 1]]})
