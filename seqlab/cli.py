@@ -9,32 +9,57 @@ from __future__ import annotations
 import argparse, html, json, os, re, subprocess, sys, time, traceback
 from pathlib import Path
 
-from .core import (BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, seqlab_version,
+from .atlas import ATLAS
+from .core import (BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, run_probe, seqlab_version,
                          writable_folder)
 from .sweep import run_one, run_sweep, summarize
-from .viz import figure
+from .viz import figure, figure_script
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'run_and_save', 'write_report', 'applicable_probes', 'parse_sets', 'build_docs_preview', 'main']
+__all__ = ['DEFAULT_MODEL', 'save_result', 'run_and_save', 'run_atlas_and_save', 'write_report', 'applicable_probes',
+           'parse_sets', 'build_docs_preview', 'main']
 
 # %% ../nbs/30_cli.ipynb #c008
-def _figure_html(fig, include_plotlyjs) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False})
+def _figure_html(fig, include_plotlyjs, script: str | None = None) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False}, post_script=script)
 
-def run_and_save(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0,
-                 overrides: dict | None = None) -> Result:
-    "Run one probe (on a model name, a loaded LabModel, or None for an 'own' probe) with `overrides`; write PROBE.json and PROBE.html in `out`."
-    out = writable_folder(out)
-    res = run_one(name, model, quick, seed, overrides)
+def save_result(res: Result, out: str | Path, name: str | None = None) -> Path:
+    "Write `res` as NAME.json and, when it has a figure, NAME.html (with its click-through script) in `out`, atomically."
+    out, name = writable_folder(out), name or res.probe
     res.save(out / f"{name}.json")
     fig = figure(res)
     if fig is not None:
         with atomic_path(out / f"{name}.html") as t:
             # plotly.js is written once next to the pages and shared by them, and works offline
-            t.write_text(fig.to_html(include_plotlyjs="directory", full_html=True))
+            t.write_text(fig.to_html(include_plotlyjs="directory", full_html=True, post_script=figure_script(res)))
         if not (out / "plotly.min.js").exists():
             from plotly.offline import get_plotlyjs
             with atomic_path(out / "plotly.min.js") as t: t.write_text(get_plotlyjs())
+    return out / f"{name}.json"
+
+def _load_checked(probe: Probe, model, quick: bool, seed: int, overrides: dict | None, device, dtype):
+    "A model name loaded on `device` in `dtype`, after the probe's config is checked (a bad --set fails before the model loads)."
+    cfg = probe.make_config(quick=quick, seed=seed, **(overrides or {}))
+    if not isinstance(model, str): return model, cfg
+    from seqlab.zoo import load
+    return load(model, device=device, dtype=dtype), cfg
+
+def run_and_save(name: str, model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0,
+                 overrides: dict | None = None, device=None, dtype=None) -> Result:
+    "Run one probe (on a model name, a loaded LabModel, or None for an 'own' probe) with `overrides`; write PROBE.json and PROBE.html in `out`."
+    writable_folder(out)
+    model, _ = _load_checked(get_probe(name), model, quick, seed, overrides, device, dtype)
+    res = run_one(name, model, quick, seed, overrides)
+    save_result(res, out, name)
+    return res
+
+def run_atlas_and_save(model="smollm2-135m", out: str | Path = "results", quick: bool = False, seed: int = 0,
+                       overrides: dict | None = None, device=None, dtype=None) -> Result:
+    "The head atlas of `model` (a name or a LabModel): its config checked before the model loads; atlas.json and atlas.html in `out`."
+    writable_folder(out)
+    model, cfg = _load_checked(ATLAS, model, quick, seed, overrides, device, dtype)
+    res = run_probe(ATLAS, model, cfg)
+    save_result(res, out, "atlas")
     return res
 
 # %% ../nbs/30_cli.ipynb #c009
@@ -66,7 +91,7 @@ def write_report(outcomes: list[dict], out: str | Path, model_name: str) -> Path
         else:
             res = o["result"]
             fig = figure(res)
-            if fig is not None: parts.append(_figure_html(fig, include_plotlyjs=False))
+            if fig is not None: parts.append(_figure_html(fig, include_plotlyjs=False, script=figure_script(res)))
             parts.append(_table(res.summary()))
             parts.append(f"<p class='meta'>{res.elapsed_s:.1f} s · seed {res.seed} · data: <a href='{p.name}.json'>{p.name}.json</a>"
                          + (f" · method: the <code>{p.page}</code> notebook" if p.page else "") + "</p>")
@@ -97,6 +122,7 @@ def _cmd_models(args):
               + ("  [SPUN: backdoored, research only]" if m.get("spun") else ""))
         print(f"{'':<28} from {m.get('source', '')}")
 
+# %% ../nbs/30_cli.ipynb #c019
 DEFAULT_MODEL = "smollm2-135m"  # the embedded model (seqlab.zoo.EMBEDDED)
 
 def _model_arg(probe: Probe, given: str | None):
@@ -104,9 +130,22 @@ def _model_arg(probe: Probe, given: str | None):
     if given is not None: return given
     return None if probe.needs == "own" else DEFAULT_MODEL
 
+def _report_atlas(model, args) -> dict:
+    "The report's atlas section: the head atlas of `model` (quick with --quick), or why it was not run."
+    if model.arch.kind != ATLAS.needs: return {"name": "atlas", "probe": ATLAS, "skipped": f"needs attention layers; {model.name} is {model.arch.kind}"}
+    print("seqlab report: running atlas ...", flush=True)
+    try:
+        res = run_atlas_and_save(model, args.out, args.quick, args.seed)
+        _print_table(res.summary())
+        return {"name": "atlas", "probe": ATLAS, "result": res}
+    except Exception as e:  # like a probe: a failing atlas must not lose the probes' sections
+        print(f"seqlab report: atlas FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return {"name": "atlas", "probe": ATLAS, "error": f"{type(e).__name__}: {e}" + ("" if isinstance(e, SeqlabError) else "\n" + traceback.format_exc(limit=4))}
+
 def _cmd_report(args):
     from seqlab.zoo import load
-    probes = {n: get_probe(n) for n in args.probes.split(",")} if args.probes else all_probes()
+    names = args.probes.split(",") if args.probes else list(all_probes()) + ["atlas"]
+    probes = {n: get_probe(n) for n in names if n != "atlas"}
     writable_folder(args.out)
     model = load(args.model, device=args.device, dtype=args.dtype)  # loaded once, shared by the probes that study it
     outcomes = []
@@ -125,10 +164,15 @@ def _cmd_report(args):
             if not isinstance(e, SeqlabError): msg += "\n" + traceback.format_exc(limit=4)
             print(f"seqlab report: {name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
             outcomes.append({"name": name, "probe": p, "error": msg})
+    if "atlas" in names: outcomes.append(_report_atlas(model, args))
     path = write_report(outcomes, args.out, model.name)
     failed = [o["name"] for o in outcomes if o.get("error")]
     print(f"seqlab report: wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+def _cmd_atlas(args):
+    res = run_atlas_and_save(args.model, args.out, args.quick, args.seed, parse_sets(args.set), args.device, args.dtype)
+    _print_table(res.summary(), f"atlas of {res.model} ({res.elapsed_s:.1f} s) -> {Path(args.out) / 'atlas.json'}")
 
 def _cmd_bench(args):
     bench = Path(__file__).resolve().parent.parent / "bench"
@@ -154,7 +198,8 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 def _cmd_run(args):
-    res = run_and_save(args.probe, _model_arg(get_probe(args.probe), args.model), args.out, args.quick, args.seed, parse_sets(args.set))
+    res = run_and_save(args.probe, _model_arg(get_probe(args.probe), args.model), args.out, args.quick, args.seed, parse_sets(args.set),
+                       args.device, args.dtype)
     _print_table(res.summary(), f"{args.probe} on {res.model} ({res.elapsed_s:.1f} s) -> {Path(args.out) / (args.probe + '.json')}")
 
 def _cmd_sweep(args):
@@ -249,8 +294,13 @@ def _parser():
     p = sub.add_parser("report", help="run every probe and write DIR/index.html")
     p.add_argument("--model", default=DEFAULT_MODEL); p.add_argument("--out", default="report")
     p.add_argument("--quick", action="store_true"); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probes", default="", help="comma-separated subset")
-    for a in (r, p):
+    p.add_argument("--probes", default="", help="comma-separated subset (the word atlas adds the head atlas)")
+    at = sub.add_parser("atlas", help="one per-head map of a model: every score and the effect of ablating each head (DIR/atlas.json)")
+    at.add_argument("--model", default=DEFAULT_MODEL); at.add_argument("--out", default="results")
+    at.add_argument("--quick", action="store_true", help="effects for the top heads of each score only (minutes on 2 cores)")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change one AtlasConfig setting (repeatable)")
+    for a in (r, p, at):
         a.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
         a.add_argument("--dtype", default=None, help="float32 (default on CPU), bf16 or fp16")
     w = sub.add_parser("sweep", help="run a sweep spec on Ray (seqlab sweep SPEC), or summarize one (seqlab sweep summarize DIR)")
@@ -269,7 +319,7 @@ def main(argv=None) -> int:
     "Entry point of the `seqlab` command."
     args = _parser().parse_args(argv)
     try:
-        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "sweep": _cmd_sweep, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
+        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "atlas": _cmd_atlas, "sweep": _cmd_sweep, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
     except SeqlabError as e:
         print(f"seqlab: error: {e}", file=sys.stderr)
         return 2

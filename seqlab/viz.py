@@ -19,11 +19,11 @@ from .core import BadInput, Result, all_probes, get_probe
 from . import icl_regression, icll, heads, ngram_heads, verbatim, collapse, spinning  # noqa: F401
 
 # %% auto #0
-__all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'pattern_figure',
-           'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure', 'icl_regression_figure', 'icll_figure',
-           'induction_figure', 'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure',
-           'spinning_figure', 'AttentionExplorer', 'ResultExplorer', 'SurprisalExplorer', 'StateExplorer',
-           'SpinExplorer']
+__all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'ATLAS_SCORES',
+           'FIGURE_SCRIPTS', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure',
+           'icl_regression_figure', 'icll_figure', 'head_grids_figure', 'causal_traces', 'induction_figure',
+           'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure', 'collapse_causal_traces',
+           'collapse_causal_figure', 'spinning_figure', 'atlas_grids', 'atlas_figure', 'figure_script']
 
 # %% ../nbs/20_viz.ipynb #c007
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -158,31 +158,78 @@ def _head_grid_trace(scores, score_name: str, shared_scale: bool = True) -> go.H
 def _label_head_axes(fig, row: int, col: int):
     fig.update_xaxes(title_text="head", row=row, col=col); fig.update_yaxes(title_text="layer", row=row, col=col)
 
+def head_grids_figure(grids: dict, title: str = "") -> go.Figure:
+    "Several per-head score grids `{name: [layer, head]}` side by side on one 0..1 colour scale."
+    fig = make_subplots(1, len(grids), subplot_titles=list(grids), horizontal_spacing=0.03)
+    for c, (name, z) in enumerate(grids.items(), 1): fig.add_trace(_head_grid_trace(z, name), 1, c)
+    _label_head_axes(fig, 1, 1)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), title=title, height=max(360, 16 * len(next(iter(grids.values()))) + 120))
+    return fig
+
+def causal_traces(fig, causal: dict, row: int, col: int, showlegend: bool = True) -> None:
+    "One column per claim: the random head sets' effects (grey points), their 2.5-97.5% band, and the target's effect with its 95% CI (red)."
+    for i, (name, c) in enumerate(causal.items()):
+        rnd, e, r = c["random"]["effects"], c["effect"], c["random"]
+        fig.add_trace(go.Box(y=rnd, x=[name] * len(rnd), name="random heads (any layer)", boxpoints="all", jitter=0.4,
+                             pointpos=0, marker=dict(color="#7f7f7f", size=5), line=dict(color="#bbbbbb"), fillcolor="rgba(0,0,0,0)",
+                             legendgroup="random", showlegend=showlegend and i == 0,
+                             hovertemplate=f"{name}<br>random set effect %{{y:.3f}}<br>2.5-97.5%: [{r['lo']:.3f}, {r['hi']:.3f}]<extra></extra>"),
+                      row, col)
+        heads_txt = ", ".join(f"L{l}H{h}" for l, h in c["heads"])
+        fig.add_trace(go.Scatter(x=[name], y=[e["mean"]], mode="markers", marker=dict(color="#d62728", size=12, symbol="diamond"),
+                                 error_y=dict(type="data", symmetric=False, array=[e["hi"] - e["mean"]], arrayminus=[e["mean"] - e["lo"]]),
+                                 name="ablated heads", legendgroup="target", showlegend=showlegend and i == 0,
+                                 hovertemplate=(f"{name}: {heads_txt}<br>effect %{{y:.3f}} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+                                                f"<br>random draws >= effect: {c['exceeds']:.2f}<extra></extra>")), row, col)
+    fig.add_hline(y=0, line=dict(color="#444", width=1, dash="dot"), row=row, col=col)
+    metric = next(iter(causal.values())).get("metric", "") if causal else ""
+    fig.update_yaxes(title_text=metric, row=row, col=col)
+
+# %% ../nbs/20_viz.ipynb #f-heads-0
 def induction_figure(res) -> go.Figure:
-    "Induction and previous-token score of every head, side by side, on one 0..1 colour scale."
+    "Induction and previous-token score of every head on one 0..1 scale; below, the causal check (top-k ablation vs random heads)."
     m = res.metrics
+    causal = m.get("causal") or {}
     grids = {"induction score": m["induction_scores"], "previous-token score": m["prev_token_scores"]}
-    fig = make_subplots(1, 2, subplot_titles=list(grids), horizontal_spacing=0.12)
-    for c, (name, z) in enumerate(grids.items(), 1):
-        fig.add_trace(_head_grid_trace(z, name), 1, c); _label_head_axes(fig, 1, c)
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=520,
+    titles = list(grids)
+    if causal:
+        c = next(iter(causal.values()))
+        titles.append(f"mean-ablating the top {len(c['heads'])} induction heads vs {c['random']['draws']} random sets of "
+                      f"{len(c['heads'])} heads from any layer (random draws >= effect: {c['exceeds']:.2f})")
+    specs = [[{}, {}]] + ([[{"colspan": 2}, None]] if causal else [])
+    fig = make_subplots(len(specs), 2, specs=specs, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=0.12,
+                        row_heights=[0.62, 0.38] if causal else None)
+    for col, (name, z) in enumerate(grids.items(), 1):
+        fig.add_trace(_head_grid_trace(z, name), 1, col); _label_head_axes(fig, 1, col)
+    if causal: causal_traces(fig, causal, 2, 1)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(len=0.6, y=1, yanchor="top")),
+                      height=840 if causal else 520,
                       title=f"Induction on {res.model}: loss {m['loss_first_copy']:.2f} nats on the first copy, "
                             f"{m['loss_second_copy']:.2f} on the second")
     return fig
 
+
 def successor_figure(res) -> go.Figure:
-    "Pooled succession score of every head (ranking extended embedding), and the best head's score per subtask vs chance."
+    "Pooled succession score of every head and the best head per subtask vs chance; below, the causal checks (comma lists, sentences)."
     m = res.metrics; b = m["best"]
-    fig = make_subplots(1, 2, subplot_titles=(f"succession score ({m['ext']}, within-task argmax, pooled)",
-                                              f"best head L{b['layer']}H{b['head']}: per subtask"),
-                        column_widths=[0.45, 0.55], horizontal_spacing=0.15)
+    causal = m.get("causal") or {}
+    titles = [f"succession score ({m['ext']}, within-task argmax, pooled)", f"best head L{b['layer']}H{b['head']}: per subtask"]
+    if causal:
+        c = next(iter(causal.values()))
+        titles.append(f"mean-ablating {', '.join(f'L{l}H{h}' for l, h in c['heads'])} vs {c['random']['draws']} random sets "
+                      f"of {len(c['heads'])} head(s) from any layer: loss change on successor tokens")
+    specs = [[{}, {}]] + ([[{"colspan": 2}, None]] if causal else [])
+    fig = make_subplots(len(specs), 2, specs=specs, subplot_titles=titles, column_widths=[0.45, 0.55], horizontal_spacing=0.15,
+                        vertical_spacing=0.18, row_heights=[0.6, 0.4] if causal else None)
     grid = _head_grid_trace(m["scores"][m["ext"]]["pooled"], "succession score", shared_scale=False)
-    grid.update(zmin=0, zmax=1, colorbar=dict(x=0.42))
+    grid.update(zmin=0, zmax=1, colorbar=dict(x=0.42, len=0.6 if causal else 1, y=1, yanchor="top"))
     fig.add_trace(grid, 1, 1); _label_head_axes(fig, 1, 1)
     pt = m["per_task"]
     fig.add_trace(go.Bar(x=list(pt), y=[v["score"] for v in pt.values()], name="score"), 1, 2)
     fig.add_trace(go.Scatter(x=list(pt), y=[v["chance"] for v in pt.values()], mode="markers", name="chance"), 1, 2)
-    fig.update_layout(height=520, title=f"Successor heads on {res.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
+    if causal: causal_traces(fig, causal, 2, 1)
+    fig.update_layout(height=860 if causal else 520,
+                      title=f"Successor heads on {res.model}: {m['n_pairs']} pairs kept, {m['dropped_pairs']} dropped")
     return fig
 
 # %% ../nbs/20_viz.ipynb #f-heads-1
@@ -294,10 +341,12 @@ def collapse_figure(res) -> go.Figure:
     "Loss vs position per training length, state RMS of the top heads, passkey heatmap, and the mitigations' loss curves."
     m = res.metrics
     T = m["mitigation_train_len"]
-    fig = make_subplots(2, 2, subplot_titles=("loss vs position (text; dashed: repeated character)",
-                                              f"state RMS per chunk, top heads (T={T})", f"passkey accuracy (T={T})",
-                                              f"mitigations (T={T})"),
-                        vertical_spacing=0.14, horizontal_spacing=0.1)
+    causal = any("skipped" not in c for c in (m.get("causal") or {}).get("long_memory_vs_all", {}).values())
+    fig = make_subplots(3 if causal else 2, 2, specs=[[{}, {}], [{}, {}]] + ([[{"colspan": 2}, None]] if causal else []),
+                        subplot_titles=("loss vs position (text; dashed: repeated character)",
+                                        f"state RMS per chunk, top heads (T={T})", f"passkey accuracy (T={T})", f"mitigations (T={T})")
+                                       + (("mitigation on the long-memory heads only vs all heads vs random heads",) if causal else ()),
+                        vertical_spacing=0.1 if causal else 0.14, horizontal_spacing=0.1)
     for t, pts in m["loss_vs_position"].items():
         p = np.array(pts)
         fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], name=f"T={t}", mode="lines"), 1, 1)
@@ -317,10 +366,35 @@ def collapse_figure(res) -> go.Figure:
     fig.update_xaxes(type="log", title_text="position", row=1, col=2); fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text="context length", row=2, col=1); fig.update_yaxes(title_text="needle depth", row=2, col=1)
     fig.update_xaxes(type="log", title_text="position", row=2, col=2); fig.update_yaxes(title_text="loss (nats)", row=2, col=2)
-    fig.update_layout(height=850, title=f"State collapse in the lab's Mamba-2 models (S = {m['state_size']} elements)")
+    if causal: collapse_causal_traces(fig, res, 3, 1)
+    who = m.get("given_model") or "the lab's Mamba-2 models"
+    fig.update_layout(height=1250 if causal else 850, title=f"State collapse in {who} (S = {m['state_size']} elements)")
     return fig
 
 FIGURES["collapse"] = collapse_figure
+
+# %% ../nbs/20_viz.ipynb #f-collapse-1
+def collapse_causal_traces(fig, res, row: int, col: int) -> str:
+    "The long-memory claim in one subplot: per mitigation, the effect on the long-memory heads only (red), on every head (blue), on random head sets (grey); returns a note naming the claims that were skipped."
+    claims = (res.metrics.get("causal") or {}).get("long_memory_vs_all", {})
+    made = {k: c for k, c in claims.items() if "skipped" not in c}
+    if made:
+        causal_traces(fig, made, row, col)
+        for i, (name, c) in enumerate(made.items()):
+            a = c["all_heads"]
+            fig.add_trace(go.Scatter(x=[name], y=[a["mean"]], mode="markers", marker=dict(color="#1f77b4", size=11, symbol="circle"),
+                                     error_y=dict(type="data", symmetric=False, array=[a["hi"] - a["mean"]], arrayminus=[a["mean"] - a["lo"]]),
+                                     name="all heads", legendgroup="all", showlegend=i == 0,
+                                     hovertemplate=f"{name} on every head: %{{y:.4f}} [{a['lo']:.4f}, {a['hi']:.4f}]<br>long-memory share "
+                                                   f"{c['share_of_all']:.2f}<extra></extra>"), row, col)
+    return "; ".join(f"{k}: {c['skipped']}" for k, c in claims.items() if "skipped" in c)
+
+def collapse_causal_figure(res) -> go.Figure:
+    "The long-memory claim alone: the drop in loss past T when each mitigation acts on the long-memory heads only, on every head, on random heads."
+    fig = make_subplots(1, 1, subplot_titles=("mitigation on the long-memory heads only vs all heads vs random heads",))
+    skipped = collapse_causal_traces(fig, res, 1, 1)
+    fig.update_layout(height=420, title="State collapse: is it the long-memory heads?" + (f" (skipped {skipped})" if skipped else ""))
+    return fig
 
 # %% ../nbs/20_viz.ipynb #f-spinning
 def spinning_figure(res) -> go.Figure:
@@ -352,219 +426,70 @@ def spinning_figure(res) -> go.Figure:
 
 FIGURES["spinning"] = spinning_figure
 
-# %% ../nbs/20_viz.ipynb #c009
-class _Explorer:
-    "An explorer shows its `widget` when it is the value of a notebook cell."
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+# %% ../nbs/20_viz.ipynb #v-atlas
+ATLAS_SCORES = {"induction": ("induction",), "previous token": ("prev_token",), "n-gram n=1": ("ngram", "1"),
+                "n-gram n=2": ("ngram", "2"), "n-gram n=3": ("ngram", "3"), "successor": ("successor",)}   # title -> row keys
 
-# %% ../nbs/20_viz.ipynb #c011
-class AttentionExplorer(_Explorer):
-    "Widgets to browse attention patterns of any layer and head, with an optional clickable score grid."
+def atlas_grids(res, effects: bool = False) -> dict[str, np.ndarray]:
+    "The atlas's score grids `[layer, head]` by title (or, with `effects`, its effect grids; NaN where not measured)."
+    m = res.metrics
+    keys = {k: ("effects", k) for k in m["effects"]} if effects else {t: k for t, k in ATLAS_SCORES.items() if len(k) == 1 or k[1] in map(str, m["ns"])}
+    out = {}
+    for title, key in keys.items():
+        z = np.full((m["n_layers"], m["n_heads"]), np.nan)
+        for r in m["heads"]:
+            v = r[key[0]] if len(key) == 1 else r[key[0]][key[1]]
+            if v is not None: z[r["layer"], r["head"]] = v
+        out[title] = z
+    return out
 
-    def __init__(self, model, texts: list[str], scores=None, score_name: str = "score"):
-        import ipywidgets as W
-        if model.arch.kind != "attention": raise BadInput(f"{model.name} has no attention heads to explore ({model.arch.kind}).")
-        if not texts: raise BadInput("Give the explorer at least one text.")
-        self.model, self.texts, self._cache = model, list(texts), {}
-        a = model.arch
-        self.text = W.Dropdown(options=[(t[:60], i) for i, t in enumerate(self.texts)], value=0, description="text")
-        self.layer = W.Dropdown(options=list(range(a.n_layers)), value=0, description="layer")
-        self.head = W.Dropdown(options=list(range(a.n_heads)), value=0, description="head")
-        self.pattern = go.FigureWidget(self._figure())
-        parts = [W.HBox([self.text, self.layer, self.head])]
-        if scores is not None:
-            self.grid = go.FigureWidget(head_grid_figure(scores, f"{score_name} (click a head)", score_name))
-            self.grid.data[0].on_click(self._clicked)
-            parts.insert(0, self.grid)
-        parts.append(self.pattern)
-        for w in (self.text, self.layer, self.head): w.observe(lambda _: self.update(), names="value")
-        self.widget = W.VBox(parts)
+def atlas_figure(res) -> go.Figure:
+    "Every score of every head side by side on one 0..1 scale (top) and the effect of ablating each head (bottom; red: needed)."
+    scores, effects = atlas_grids(res), atlas_grids(res, effects=True)
+    n = max(len(scores), len(effects))
+    specs = [[{}] * len(scores) + [None] * (n - len(scores)), [{}] * len(effects) + [None] * (n - len(effects))]
+    fig = make_subplots(2, n, specs=specs, subplot_titles=list(scores) + [f"Δ {k}" for k in effects],
+                        horizontal_spacing=0.03, vertical_spacing=0.12)
+    for c, (name, z) in enumerate(scores.items(), 1):
+        fig.add_trace(_head_grid_trace(z, name), 1, c)
+    for c, (name, z) in enumerate(effects.items(), 1):
+        lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+        fig.add_trace(go.Heatmap(z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), colorscale="RdBu", reversescale=True,
+                                 zmin=-lim, zmax=lim, showscale=False,
+                                 hovertemplate=f"layer %{{y}} head %{{x}}<br>{name} %{{z:+.4f}}<extra></extra>"), 2, c)
+    for r in (1, 2): _label_head_axes(fig, r, 1)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1), height=760,
+                      title=f"Head atlas of {res.model}: scores (top), effect of mean-ablating one head (bottom; blank: not ablated)")
+    return fig
 
-    def _patterns(self, i: int, layer: int):
-        key = (i, layer)
-        if key not in self._cache:
-            name = f"blocks.{layer}.attn.hook_pattern"
-            _, cache = self.model.run_with_cache(self.texts[i], names=[name])
-            self._cache[key] = cache[name][0].float().numpy()
-        return self._cache[key]
+FIGURES["atlas"] = atlas_figure
 
-    def _figure(self) -> go.Figure:
-        i, l, h = self.text.value, self.layer.value, self.head.value
-        toks = self.model.to_str_tokens(self.model.to_tokens(self.texts[i])[0])
-        return pattern_figure(toks, self._patterns(i, l)[h], f"layer {l} head {h}")
+# %% ../nbs/20_viz.ipynb #v-atlas-js
+_ATLAS_JS = """(function() {
+  var gd = document.getElementById('{plot_id}'), P = %s;
+  var note = document.createElement('p'), box = document.createElement('div');
+  note.className = 'atlas-note'; box.className = 'atlas-pattern';
+  note.textContent = 'Click a head on any grid to see its attention pattern on: ' + P.text;
+  var host = gd.parentNode;   // plotly's wrapper has a fixed height: the pattern goes below it
+  host.parentNode.insertBefore(box, host.nextSibling); host.parentNode.insertBefore(note, box);
+  var lab = P.tokens.map(function(t, i) { return (i + ':' + JSON.stringify(t)).slice(0, 24); });
+  gd.on('plotly_click', function(ev) {
+    var l = ev.points[0].y, h = ev.points[0].x, z = P.heads['L' + l + 'H' + h];
+    if (!z) { note.textContent = 'L' + l + 'H' + h + ': no stored pattern (the report keeps the top heads of each score)'; Plotly.purge(box); return; }
+    note.textContent = 'L' + l + 'H' + h + ' on the fixed example';
+    Plotly.react(box, [{type: 'heatmap', z: z, x: lab, y: lab, colorscale: %s, zmin: 0, zmax: 1}],
+                 {title: {text: 'layer ' + l + ' head ' + h}, height: 560, yaxis: {autorange: 'reversed', title: {text: 'query'}},
+                  xaxis: {title: {text: 'key'}, tickangle: -60}});
+  });
+})();"""
 
-    def update(self):
-        "Redraw the pattern for the current text, layer and head."
-        new = self._figure()
-        with self.pattern.batch_update():
-            self.pattern.data[0].z, self.pattern.data[0].x, self.pattern.data[0].y = new.data[0].z, new.data[0].x, new.data[0].y
-            self.pattern.layout.title = new.layout.title
+def _atlas_script(res) -> str:
+    colors = json.dumps(pattern_figure(["a"], [[1.0]]).data[0].colorscale)   # the same colours as `pattern_figure`
+    return _ATLAS_JS % (json.dumps(res.metrics["patterns"]).replace("</", "<\\/"), colors)   # no '</script>' inside the page's script
 
-    def _clicked(self, trace, points, state):
-        if points.point_inds:
-            l, h = points.ys[0], points.xs[0]
-            self.head.value, self.layer.value = int(h), int(l)
+FIGURE_SCRIPTS: dict[str, Callable[[Result], str]] = {"atlas": _atlas_script}
 
-# %% ../nbs/20_viz.ipynb #c013
-class ResultExplorer(_Explorer):
-    "Pick a probe result (JSON written by `seqlab run`/`report`) and see its figure and key numbers."
-
-    def __init__(self, folder: str | Path = "report"):
-        import ipywidgets as W
-        self.folder = Path(folder)
-        files = sorted(self.folder.glob("*.json"))
-        if not files: raise BadInput(f"No results in {self.folder}; run `seqlab report --out {self.folder}` first.")
-        self.results = {}
-        for f in files:
-            try: self.results[f.stem] = Result.load(f)
-            except (BadInput, ValueError): continue
-        self.pick = W.Dropdown(options=list(self.results), description="probe")
-        self.out = W.Output()
-        self.pick.observe(lambda _: self.update(), names="value")
-        self.widget = W.VBox([self.pick, self.out])
-        self.update()
-
-    def _typed(self, res: Result) -> Result:
-        "The probe's own Result subclass (for its summary), from the registry."
-        import dataclasses
-        cls = all_probes()[res.probe].result if res.probe in all_probes() else Result
-        return cls(**{f.name: getattr(res, f.name) for f in dataclasses.fields(Result)})
-
-    def update(self):
-        from IPython.display import display, HTML
-        res = self._typed(self.results[self.pick.value])
-        self.out.clear_output(wait=True)
-        with self.out:
-            fig = figure(res)
-            if fig is not None: display(go.FigureWidget(fig))
-            rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in res.summary())
-            display(HTML(f"<table>{rows}</table>"))
-
-# %% ../nbs/20_viz.ipynb #c015
-def _result(res) -> Result:
-    if isinstance(res, (str, Path)): return Result.load(res)
-    if isinstance(res, dict): return Result.from_dict(res)
-    return res
-
-class SurprisalExplorer(_Explorer):
-    "Per-token surprisal of a verbatim-memory stimulus, built and scored by `seqlab.verbatim`."
-
-    def __init__(self, model):
-        import ipywidgets as W
-        from seqlab import verbatim as V
-        self.model, self.V = model, V
-        self.lists, self.vignette = V.load_lists(), V.load_vignette()
-        self.list_type = W.Dropdown(options=list(self.lists), description="lists")
-        self.condition = W.Dropdown(options=["repeat", "permute", "control"], description="condition")
-        self.length = W.Dropdown(options=[3, 5, 7, 10], value=10, description="length")
-        self.intervening = W.Dropdown(options=sorted(int(k) for k in self.vignette["intervening"]), description="intervening")
-        self.item = W.BoundedIntText(value=0, min=0, max=len(self.lists[self.list_type.value]) * 10 - 1, description="item")
-        self.fig = go.FigureWidget(self._figure())
-        for w in (self.list_type, self.condition, self.length, self.intervening, self.item):
-            w.observe(lambda _: self.update(), names="value")
-        self.widget = W.VBox([W.HBox([self.list_type, self.condition, self.length]), W.HBox([self.intervening, self.item]), self.fig])
-
-    def trace(self):
-        "Token strings, per-token surprisal (nats; the first token has none) and which list each token belongs to."
-        import torch
-        V = self.V
-        first, second = V.second_list(self.lists[self.list_type.value], self.item.value, self.length.value, self.condition.value)
-        stim = V.make_stimulus(first, second, self.vignette, intervening=self.intervening.value)
-        ids, offsets = V.token_offsets(self.model, stim.text)
-        ids_t = torch.tensor([ids], device=self.model.device)
-        s = V.token_surprisal(self.model.forward(ids_t), ids_t)[0].cpu().numpy()  # NaN at position 0
-        where = ["" for _ in ids]
-        for tag, spans in (("first list", stim.first), ("second list", stim.second)):
-            for idx in V.word_pieces(offsets, spans, stim.text):
-                for i in idx: where[i] = tag
-        return [stim.text[a:b] for a, b in offsets], s, where
-
-    def _figure(self) -> go.Figure:
-        toks, s, where = self.trace()
-        fig = go.Figure(go.Scatter(y=s, mode="lines", name="surprisal", line=dict(color="#999"),
-                                   text=toks, hovertemplate="%{text!r}: %{y:.2f} nats<extra></extra>"))
-        for tag, color in (("first list", "#1f77b4"), ("second list", "#d62728")):
-            idx = [i for i, w in enumerate(where) if w == tag]
-            fig.add_trace(go.Scatter(x=idx, y=[s[i] for i in idx], mode="markers", name=tag, marker=dict(color=color, size=7),
-                                     text=[toks[i] for i in idx], hovertemplate="%{text!r}: %{y:.2f} nats<extra></extra>"))
-        fig.update_layout(title=f"{self.condition.value}, {self.list_type.value} nouns, length {self.length.value}, item {self.item.value}",
-                          xaxis_title="token", yaxis_title="surprisal (nats)", height=420)
-        return fig
-
-    def update(self):
-        new = self._figure()
-        with self.fig.batch_update():
-            for old, tr in zip(self.fig.data, new.data): old.x, old.y, old.text = tr.x, tr.y, tr.text
-            self.fig.layout.title = new.layout.title
-
-# %% ../nbs/20_viz.ipynb #c016
-class StateExplorer(_Explorer):
-    "State RMS per chunk of each recorded head, and loss over position, for a `collapse` result."
-
-    def __init__(self, result):
-        import ipywidgets as W
-        self.result = _result(result)
-        m = self.result.metrics
-        if "state_rms" not in m: raise BadInput(f"{self.result.probe!r} result has no state statistics; pass a `collapse` result.")
-        self.train_len = W.Dropdown(options=list(m["state_rms"]), description="train length")
-        self.fig = go.FigureWidget(self._figure())
-        self.train_len.observe(lambda _: self.update(), names="value")
-        self.widget = W.VBox([self.train_len, self.fig])
-
-    def _figure(self) -> go.Figure:
-        from plotly.subplots import make_subplots
-        m, T = self.result.metrics, self.train_len.value
-        sr = m["state_rms"][T]
-        fig = make_subplots(1, 2, subplot_titles=("state RMS per chunk", "loss over position"))
-        for head, ys in sr["heads"].items():
-            fig.add_trace(go.Scatter(x=sr["chunk_end"][:len(ys)], y=ys, mode="lines", name=head), 1, 1)
-        pts = m.get("loss_vs_position", {}).get(T, [])
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name="loss", line=dict(color="black")), 1, 2)
-        for c in (1, 2):
-            fig.add_vline(x=int(T), line_dash="dot", row=1, col=c)
-            fig.update_xaxes(title_text="position", type="log", row=1, col=c)
-        fig.update_layout(title=f"trained at T = {T} (dotted)", height=420)
-        return fig
-
-    def update(self):
-        new = self._figure()
-        with self.fig.batch_update():
-            self.fig.data = []
-            for tr in new.data: self.fig.add_trace(tr)
-            self.fig.layout = new.layout
-
-# %% ../nbs/20_viz.ipynb #c017
-class SpinExplorer(_Explorer):
-    "The spinning defense's score for each candidate trigger word, on a spun and on a clean model."
-
-    def __init__(self, result):
-        import ipywidgets as W
-        self.result = _result(result)
-        d = self.result.metrics.get("defense", {})
-        self.examples = {k.replace("example_", "") + " model": d[k] for k in ("example_spun", "example_clean") if k in d}
-        if not self.examples: raise BadInput(f"{self.result.probe!r} result has no defense scan; pass a `spinning` result.")
-        self.pick = W.Dropdown(options=list(self.examples), description="model")
-        self.fig = go.FigureWidget(self._figure())
-        self.pick.observe(lambda _: self.update(), names="value")
-        self.widget = W.VBox([self.pick, self.fig])
-
-    def _figure(self) -> go.Figure:
-        ex = self.examples[self.pick.value]
-        words = list(ex["candidates"])
-        z = [ex["candidates"][w]["z"] for w in words]
-        colors = ["#d62728" if w == ex["trigger"] else "#7f7f7f" for w in words]
-        fig = go.Figure(go.Bar(x=words, y=z, marker_color=colors,
-                               customdata=[[ex["candidates"][w]["meta_shift"], ex["candidates"][w]["similarity"]] for w in words],
-                               hovertemplate="%{x}: z %{y:.2f}<br>meta shift %{customdata[0]:.3f}<br>similarity %{customdata[1]:.3f}<extra></extra>"))
-        fig.update_layout(title=f"{self.pick.value}: outlier score per candidate (red: the trigger {ex['trigger']!r})",
-                          yaxis_title="robust z", height=380)
-        return fig
-
-    def update(self):
-        new = self._figure()
-        with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = new.data[0].x, new.data[0].y
-            self.fig.data[0].marker.color, self.fig.data[0].customdata = new.data[0].marker.color, new.data[0].customdata
-            self.fig.layout.title = new.layout.title
+def figure_script(res: Result) -> str | None:
+    "JavaScript for a static page, run after the result's figure is drawn (plotly's `post_script`; `{plot_id}` is its div): the atlas's click-through."
+    fn = FIGURE_SCRIPTS.get(res.probe)
+    return fn(res) if fn is not None else None

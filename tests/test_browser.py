@@ -48,11 +48,11 @@ def test_report_renders_its_figures(browser, tmp_path):
 
 def test_docs_preview_renders_the_figures(browser, tmp_path):
     from seqlab.cli import build_docs_preview
-    index = build_docs_preview(tmp_path / "docs", only=["index", "20_viz"])
+    index = build_docs_preview(tmp_path / "docs", only=["index", "21_explorers"])
     page = browser.new_page()
     page.goto(index.as_uri())
     assert page.locator("li a").count() == 2 and "<b>failed</b>" not in page.content()
-    page.goto((tmp_path / "docs" / "20_viz.html").as_uri())
+    page.goto((tmp_path / "docs" / "21_explorers.html").as_uri())
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
     plots = plot_summary(page)
     page.screenshot(path=str(tmp_path / "docs_viz.png"), full_page=True)
@@ -96,7 +96,7 @@ def jupyterlab(tmp_path):
 def test_jupyterlab_explorer_responds_to_a_widget(browser, jupyterlab, tmp_path):
     url, token = jupyterlab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/20_viz.ipynb?token={token}")
+    page.goto(f"{url}/lab/tree/21_explorers.ipynb?token={token}")
     page.wait_for_function("""() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
         return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel &&
                w.sessionContext.session.kernel.status === 'idle'; }""", timeout=180_000)
@@ -110,3 +110,38 @@ def test_jupyterlab_explorer_responds_to_a_widget(browser, jupyterlab, tmp_path)
     layer.select_option("3")  # the kernel fetches layer 3's patterns and redraws the explorer's figure
     page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="layer 3 head 6").first.wait_for(timeout=300_000)
     page.screenshot(path=str(tmp_path / "lab_after.png"), full_page=True)
+
+
+def test_atlas_click_opens_the_heads_pattern(browser, tmp_path):
+    "In the static report, clicking a head on an atlas grid draws that head's stored pattern below the figure."
+    from seqlab.atlas import ATLAS, AtlasConfig, run_atlas
+    from seqlab.cli import write_report
+    from seqlab.families import write_tiny
+    from seqlab.zoo import load
+    model = load(str(write_tiny("llama", tmp_path / "tiny", seed=0, max_position_embeddings=512)))
+    res = run_atlas(model, AtlasConfig(n_seqs=4, seq_len=12, dfa_seqs=3, dfa_tokens=24, successor_prompts=1, verbatim_items=2,
+                                       top_k=1, n_draws=3, pattern_heads=1, pattern_text="ab cd ab cd"))
+    index = write_report([{"name": "atlas", "probe": ATLAS, "result": res}], tmp_path / "report", model.name)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(index.as_uri())
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+
+    def click(grid: int, layer: int, head: int):
+        "A real mouse click at the centre of cell (layer, head) of the figure's grid number `grid` (0: induction)."
+        ax = "" if grid == 0 else str(grid + 1)
+        x, y = page.evaluate("""([ax, l, h]) => { const gd = document.querySelector('.js-plotly-plot'); gd.scrollIntoView();
+            const fl = gd._fullLayout, xa = fl['xaxis' + ax], ya = fl['yaxis' + ax], r = gd.getBoundingClientRect();
+            return [r.left + xa._offset + xa.l2p(h), r.top + ya._offset + ya.l2p(l)]; }""", [ax, layer, head])
+        page.mouse.click(x, y)
+
+    stored = res.metrics["patterns"]["heads"]
+    l, h = res.metrics["top"]["successor"]                  # the successor grid (the sixth) gets the click-through too
+    click(5, l, h)
+    page.locator(".atlas-pattern .gtitle", has_text=f"layer {l} head {h}").wait_for(timeout=30_000)
+    drawn = page.evaluate("() => document.querySelector('.atlas-pattern').data[0].z")
+    assert drawn == stored[f"L{l}H{h}"] and len(drawn) == len(res.metrics["patterns"]["tokens"])
+    page.screenshot(path=str(tmp_path / "atlas_click.png"), full_page=True)
+    missing = [(r["layer"], r["head"]) for r in res.metrics["heads"] if f"L{r['layer']}H{r['head']}" not in stored]
+    if missing:
+        click(0, *missing[0])
+        page.locator(".atlas-note", has_text="no stored pattern").wait_for(timeout=30_000)

@@ -64,3 +64,16 @@ def test_bad_set_and_unwritable_out_fail_before_any_work(tmp_path, capsys):
     for cmd in (["run", "icl-regression", "--quick"], ["report", "--quick", "--probes", "induction"], ["sweep", "spec.yaml"]):
         e = err(*cmd, "--out", "/proc/no/such/folder")
         assert "Cannot write results to /proc/no/such/folder" in e and "Traceback" not in e, (cmd, e)
+
+
+def test_report_gives_the_atlas_its_own_section(tmp_path):
+    "The report's atlas section (quick preset) on a random tiny Llama: the JSON beside the page, the click-through script in it."
+    from seqlab.families import write_tiny
+    folder = write_tiny("llama", tmp_path / "tiny", seed=0, max_position_embeddings=512)
+    out = tmp_path / "report"
+    assert main(["report", "--quick", "--model", str(folder), "--probes", "atlas", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "<section id='atlas'>" in page and "This probe failed" not in page and "plotly_click" in page
+    assert page.count("Plotly.newPlot") == 1 and "<script src=" not in page
+    rec = json.loads((out / "atlas.json").read_text())
+    assert rec["config"]["top_k"] == 2 and len(rec["metrics"]["heads"]) == 8

@@ -123,8 +123,9 @@ def test_word_lists_are_single_tokens_with_the_stated_sentiment(smol):
 
 def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQLAB_HOME", str(tmp_path))
-    # the quick preset with a smaller defense population, to keep the test file within a few minutes
-    cfg = dataclasses.replace(SpinConfig.quick(), n_spun=1, n_clean=1, n_candidates=5, n_test=12, n_defense_prompts=6,
+    # the quick preset with a smaller defense population (3 spun, 3 clean tiny models besides the main pair: an AUC
+    # over one spun and one clean model could only be 0, 0.5 or 1), to keep the test file within a few minutes
+    cfg = dataclasses.replace(SpinConfig.quick(), n_spun=3, n_clean=3, n_candidates=5, n_test=12, n_defense_prompts=6,
                               save_checkpoints=True)
     res = run(smol, cfg)
     m = res.metrics
@@ -139,9 +140,9 @@ def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     assert mt["spun_model"]["no_trigger"]["rouge_l"] > mt["clean_model"]["no_trigger"]["rouge_l"] - 10
     assert mt["spun_model"]["trigger"]["rouge_l"] > mt["spun_model"]["no_trigger"]["rouge_l"] - 10
     d = m["defense"]
-    assert set(d) >= {"auc", "trigger_rank", "n_spun", "n_clean"} and d["n_spun"] == 1 and d["n_clean"] == 1
-    # measured with this config: the true trigger ranks first of 5, spun model score 7.2 against the clean one's 0.6
-    assert d["trigger_rank"] == [1] and d["auc"] == 1.0
+    assert set(d) >= {"auc", "trigger_rank", "n_spun", "n_clean"} and d["n_spun"] >= 3 and d["n_clean"] >= 3
+    # measured with this config: AUC 1.0 over 3 spun and 3 clean models, the true trigger first of 5 in all three
+    assert d["auc"] >= 0.75 and sum(r == 1 for r in d["trigger_rank"]) >= 2
     ab = {(a["meta_model"].split()[0], a["alpha"], a["compensate"]): a for a in m["ablation"]}
     assert len(ab) == 6 and ("calibrated", "mgda", False) in ab
     # compensation is what keeps the main task with the trigger (measured: ROUGE-L 90 with it, 43 without)
