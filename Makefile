@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.seqlab-installed
 OUT ?= report
 
-.PHONY: install browser test test-notebooks test-fast report lab bench docs export
+.PHONY: install browser test test-notebooks test-fast report references check-references lab bench docs export
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,10 +44,19 @@ test-fast: install
 report: install
 	$(BIN)/seqlab report --out $(OUT) $(if $(FULL),,--quick)
 
+# the stored reference results (results/quick: every probe's quick preset, each JSON with its provenance), and
+# a rerun of all of them compared within seqlab.references.TOLERANCES (exit 1 when a number moved)
+references: install
+	$(BIN)/seqlab reference record results/quick
+
+check-references: install
+	$(BIN)/seqlab reference check results/quick
+
 lab: install
 	$(BIN)/jupyter lab nbs/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/seqlab bench --out bench-results
 
 # offline docs preview: nbdev processes the notebooks (Quarto itself cannot be installed here; see _quarto.yml)

@@ -313,13 +313,42 @@ def _parser():
     d = sub.add_parser("docs", help="offline HTML preview of the documentation (Quarto builds the real site)")
     d.add_argument("--out", default="_docs_preview"); d.add_argument("--only", default="", help="comma-separated notebook names")
     d.add_argument("--no-execute", action="store_true", help="render without running the notebooks")
+    rf = sub.add_parser("reference", help="record reference results with provenance (record DIR), or rerun and compare them (check FILE|DIR)")
+    rf.add_argument("action", choices=["record", "check"]); rf.add_argument("path", help="record: output folder; check: a result JSON or a folder of them")
+    rf.add_argument("--model", default=DEFAULT_MODEL); rf.add_argument("--probes", default="", help="record: comma-separated subset")
+    rf.add_argument("--full", action="store_true", help="record the default presets (default: the quick ones)")
+    rf.add_argument("--seed", type=int, default=0)
+    rf.add_argument("--rtol", type=float, default=None, help="check: relative tolerance (default: seqlab.references.TOLERANCES)")
+    rf.add_argument("--atol", type=float, default=None, help="check: absolute tolerance")
+    rf.add_argument("--device", default=None); rf.add_argument("--dtype", default=None)
     return ap
+
+def _cmd_reference(args):
+    from seqlab.references import check, record
+    if args.action == "record":
+        done = record(args.path, [n for n in args.probes.split(",") if n] or None, model=args.model, quick=not args.full,
+                      seed=args.seed, device=args.device, dtype=args.dtype)
+        for name, v in done.items(): print(f"{name:15s} {v}")
+        return 1 if any(isinstance(v, str) and v.startswith("FAILED") for v in done.values()) else 0
+    path = Path(args.path)
+    paths = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not paths: raise BadInput(f"No result JSON in {path}; record references with `seqlab reference record {path}`.")
+    moved = 0
+    for f in paths:
+        out = check(f, rtol=args.rtol, atol=args.atol, device=args.device, dtype=args.dtype)
+        diffs = out["differences"]
+        print(f"{out['probe']:15s} {'same' if not diffs else f'{len(diffs)} numbers moved'} (rtol {out['rtol']:g}, atol {out['atol']:g}; "
+              f"stored at {str(out['stored_commit'])[:8]}, rerun at {str(out['new_commit'])[:8]}, {out['wall_s']:.0f} s)", flush=True)
+        for d in diffs[:10]: print("   ", d)
+        moved += bool(diffs)
+    return 1 if moved else 0
 
 def main(argv=None) -> int:
     "Entry point of the `seqlab` command."
     args = _parser().parse_args(argv)
     try:
-        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "atlas": _cmd_atlas, "sweep": _cmd_sweep, "bench": _cmd_bench, "docs": _cmd_docs}[args.cmd](args) or 0
+        return {"models": _cmd_models, "run": _cmd_run, "report": _cmd_report, "atlas": _cmd_atlas, "sweep": _cmd_sweep, "bench": _cmd_bench, "docs": _cmd_docs,
+                "reference": _cmd_reference}[args.cmd](args) or 0
     except SeqlabError as e:
         print(f"seqlab: error: {e}", file=sys.stderr)
         return 2
