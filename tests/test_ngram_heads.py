@@ -80,22 +80,7 @@ def test_ngram_config_nests_the_icll_models_config():
     assert NgramConfig(icll=None).icll is None
 
 
-def copier(alphabet: str, n_layers: int = 2, n_heads: int = 3, seed: int = 0):
-    "L0H0 attends uniformly to the prefix and writes each token's identity where the unembedding reads; every other head is random with a small output."
-    tok = CharTokenizer(alphabet + "#", pad="#")
-    V = tok.vocab_size; dh, d = V + V % 2, 2 * V + 4                 # an even d_head for RoPE; d_model != d_vocab
-    cfg = TransformerConfig(d_vocab=V, d_model=d, n_layers=n_layers, n_heads=n_heads, d_head=dh, d_mlp=0, norm="rmsnorm")
-    torch.manual_seed(seed)
-    m = Transformer(cfg)
-    with torch.no_grad():
-        m.embed.weight.zero_(); m.embed.weight[:, :V] = torch.eye(V)
-        for b in m.blocks: b.attn.out.weight.mul_(0.05)
-        qkv = m.blocks[0].attn.qkv.weight.view(3, n_heads, dh, d)
-        qkv[:, 0] = 0; qkv[2, 0, :V, :V] = torch.eye(V)               # uniform attention, value = the token
-        W_O = m.blocks[0].attn.out.weight.view(d, n_heads, dh)
-        W_O[:, 0] = 0; W_O[V:2 * V, 0, :V] = torch.eye(V)
-        m.unembed.weight.zero_(); m.unembed.weight[:, V:2 * V] = 4 * torch.eye(V)
-    return as_lab_model(m, tok, "copier")
+from conftest import copier   # the hand-built copying model shared with test_verbatim
 
 
 def test_ablating_an_in_context_unigram_head_lowers_icll_accuracy_more_than_random_heads():
