@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.seqlab-installed
 OUT ?= report
 
-.PHONY: install browser test test-notebooks test-fast report references check-references lab bench docs export
+.PHONY: install browser test test-notebooks test-fast report references check-references pages check-pages headlines lab bench docs export
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,21 @@ references: install
 
 check-references: install
 	$(BIN)/seqlab reference check results/quick
+
+# the probe notebooks' results cells (first line `# stored results`) drawn from results/ into the notebooks, which are
+# committed with those outputs so the docs site (built without executing) shows them; check-pages: are they current?
+pages: install
+	$(BIN)/seqlab reference pages
+
+check-pages: install
+	$(BIN)/seqlab reference pages --check
+
+# the multi-seed headline runs: every spec results/seeds/NAME.yaml into results/seeds/NAME/ (resumable: finished cells
+# are skipped). Hours on 2 CPU cores. One after another here by default; on a many-core box or a Ray cluster run them
+# as Ray tasks with `make headlines SWEEP_FLAGS=` (and RAY_ADDRESS set for a cluster)
+SWEEP_FLAGS ?= --no-ray
+headlines: install
+	for spec in results/seeds/*.yaml; do $(BIN)/seqlab sweep $$spec --out $${spec%.yaml} $(SWEEP_FLAGS) || exit 1; done
 
 lab: install
 	$(BIN)/jupyter lab nbs/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

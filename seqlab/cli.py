@@ -13,7 +13,7 @@ from .atlas import ATLAS
 from .core import (BadInput, Probe, Result, SeqlabError, all_probes, atomic_path, get_probe, run_probe, seqlab_version,
                          writable_folder)
 from .sweep import run_one, run_sweep, summarize
-from .viz import figure, figure_script
+from .viz import figure, figure_script, plotly_cdn
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'save_result', 'run_and_save', 'run_atlas_and_save', 'write_report', 'applicable_probes',
@@ -207,7 +207,8 @@ def _cmd_sweep(args):
         if not args.dir: raise BadInput("seqlab sweep summarize DIR: name the sweep folder.")
         paths = summarize(args.dir)
         print(f"seqlab sweep: wrote {paths['csv']}, {paths['parquet']} and {paths['html']}"); return 0
-    r = run_sweep(args.spec, args.out, address=args.address, num_cpus=args.num_cpus, max_retries=args.max_retries)
+    r = run_sweep(args.spec, args.out, address=args.address, num_cpus=args.num_cpus, max_retries=args.max_retries,
+                  use_ray=not args.no_ray)
     paths = summarize(r["out"])
     print(f"seqlab sweep: {r['cells']} cells: {r['ran']} run, {r['skipped']} already done, {len(r['failed'])} failed"
           + (f" (errors in {Path(r['out']) / 'cells'}/*.error.json)" if r["failed"] else "") + f"; wrote {paths['html']}")
@@ -267,8 +268,12 @@ def build_docs_preview(out: str | Path = "_docs_preview", only: list[str] | None
             try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src)}}).execute()
             except Exception as e: err = f"{type(e).__name__}: {str(e)[-500:]}"
         body, _ = exporter.from_notebook_node(_site_cells(nb))
+        body = body.replace(f'src="{plotly_cdn()}"', 'src="plotly.min.js"')   # the site's CDN bundle, offline
         with atomic_path(out / f"{p.stem}.html") as t: t.write_text(body)
         pages.append((p.stem, title, err))
+    if not (out / "plotly.min.js").exists():
+        from plotly.offline import get_plotlyjs
+        with atomic_path(out / "plotly.min.js") as t: t.write_text(get_plotlyjs())
     items = "".join(f"<li><a href='{s}.html'>{html.escape(t)}</a>" + (f" <b>failed</b>: <code>{html.escape(e)}</code>" if e else "") + "</li>" for s, t, e in pages)
     with atomic_path(out / "index.html") as t:
         t.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>seqlab docs (preview)</title><style>{_CSS}</style></head>"
@@ -308,23 +313,40 @@ def _parser():
     w.add_argument("--out", default="sweep"); w.add_argument("--address", default=None, help="a Ray cluster (default: $RAY_ADDRESS, else Ray starts here)")
     w.add_argument("--num-cpus", type=int, default=None, help="CPUs for a Ray started here (default: all)")
     w.add_argument("--max-retries", type=int, default=3, help="times a cell is retried when its worker process dies")
+    w.add_argument("--no-ray", action="store_true", help="run the cells one after another in this process (no Ray)")
     b = sub.add_parser("bench", help="run the benchmarks in bench/")
     b.add_argument("--out", default="bench-results"); b.add_argument("--only", default="", help="comma-separated script names")
     d = sub.add_parser("docs", help="offline HTML preview of the documentation (Quarto builds the real site)")
     d.add_argument("--out", default="_docs_preview"); d.add_argument("--only", default="", help="comma-separated notebook names")
     d.add_argument("--no-execute", action="store_true", help="render without running the notebooks")
-    rf = sub.add_parser("reference", help="record reference results with provenance (record DIR), or rerun and compare them (check FILE|DIR)")
-    rf.add_argument("action", choices=["record", "check"]); rf.add_argument("path", help="record: output folder; check: a result JSON or a folder of them")
+    rf = sub.add_parser("reference", help="record reference results with provenance (record DIR), rerun and compare them (check FILE|DIR), "
+                        "or draw them into the notebooks' results cells (pages [NB ...] [--check])")
+    rf.add_argument("action", choices=["record", "check", "pages"])
+    rf.add_argument("path", nargs="*", help="record: output folder; check: a result JSON or a folder of them; pages: notebooks (default: every probe notebook)")
     rf.add_argument("--model", default=DEFAULT_MODEL); rf.add_argument("--probes", default="", help="record: comma-separated subset")
     rf.add_argument("--full", action="store_true", help="record the default presets (default: the quick ones)")
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--rtol", type=float, default=None, help="check: relative tolerance (default: seqlab.references.TOLERANCES)")
     rf.add_argument("--atol", type=float, default=None, help="check: absolute tolerance")
     rf.add_argument("--device", default=None); rf.add_argument("--dtype", default=None)
+    rf.add_argument("--check", action="store_true", help="pages: compare the committed outputs with the stored results; exit 1 when stale")
     return ap
+
+def _cmd_pages(args) -> int:
+    from seqlab.references import render_pages, stale_pages
+    if not args.check:
+        for name, n in render_pages(args.path or None).items(): print(f"{name:20s} {n} results cells drawn")
+        return 0
+    stale = stale_pages(args.path or None)
+    for s in stale: print(f"stale: {s}")
+    print(f"{len(stale)} results cells differ from their stored results" + ("; run `seqlab reference pages`" if stale else ""))
+    return 1 if stale else 0
 
 def _cmd_reference(args):
     from seqlab.references import check, record
+    if args.action == "pages": return _cmd_pages(args)
+    if len(args.path) != 1: raise BadInput(f"seqlab reference {args.action} takes one path (a folder or a result JSON).")
+    args.path = args.path[0]
     if args.action == "record":
         done = record(args.path, [n for n in args.probes.split(",") if n] or None, model=args.model, quick=not args.full,
                       seed=args.seed, device=args.device, dtype=args.dtype)

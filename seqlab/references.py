@@ -6,17 +6,19 @@ Docs: https://seqlab.github.io/seqlab/references.html.md"""
 
 # %% ../nbs/45_references.ipynb #c004
 from __future__ import annotations
-import json, math
+import json, math, re
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .core import (BadInput, Result, config_from_dict, get_probe, all_probes, run_probe, writable_folder)
+from .core import (BadInput, Result, config_from_dict, get_probe, all_probes, run_probe, writable_folder, atomic_path)
 from .zoo import EMBEDDED, LabModel, load
 import seqlab.viz   # noqa: F401  (imports every probe module, which fills the probe registry)
 
 # %% auto #0
-__all__ = ['TOLERANCES', 'differences', 'tolerance', 'record', 'rerun', 'check']
+__all__ = ['TOLERANCES', 'RESULT_CELL_MARK', 'FINDING_KEYS', 'PROBE_NOTEBOOKS', 'CITES', 'NUMBER', 'FREE', 'ARXIV', 'differences',
+           'tolerance', 'record', 'rerun', 'check', 'results_dir', 'stored', 'stored_sweep', 'fmt_interval', 'findings',
+           'nbs_dir', 'result_cells', 'render_pages', 'stale_pages', 'prose_numbers']
 
 # %% ../nbs/45_references.ipynb #c006
 def _timing(key: str) -> bool:
@@ -99,3 +101,136 @@ def check(path, rtol: float | None = None, atol: float | None = None, device=Non
     return {"path": str(path), "probe": d["probe"], **tol, "stored_commit": d.get("provenance", {}).get("commit"),
             "new_commit": new.provenance.get("commit"), "wall_s": new.elapsed_s,
             "differences": differences(d["metrics"], new.metrics, **tol)}
+
+# %% ../nbs/45_references.ipynb #c018
+RESULT_CELL_MARK = "# stored results"   # the first line of a results cell
+
+def results_dir() -> Path:
+    "The repository's `results/` folder (stored runs ship with the repository, not with the wheel)."
+    import seqlab
+    d = Path(seqlab.__file__).resolve().parent.parent / "results"
+    if not d.is_dir():
+        raise BadInput(f"No stored results at {d}: they live in the seqlab repository's results/ folder; clone it "
+                       "(git clone ...) and install it with `pip install -e .` to draw them.")
+    return d
+
+def stored(probe: str, folder: str = "quick") -> Result:
+    "The stored result `results/<folder>/<probe>.json` as a Result (provenance included)."
+    path = results_dir() / folder / f"{probe}.json"
+    if not path.exists():
+        have = sorted(p.stem for p in (results_dir() / folder).glob("*.json"))
+        raise BadInput(f"No stored result {path}; stored in results/{folder}: {have or 'none'}. "
+                       f"Record it with `seqlab reference record results/{folder} --probes {probe}`.")
+    return Result.from_dict(_stored(path))
+
+def stored_sweep(name: str) -> "pd.DataFrame":
+    "The tidy table (`sweep.summary_table`) of the stored sweep `results/seeds/<name>/`: one row per cell and metric."
+    from seqlab.sweep import summary_table
+    out = results_dir() / "seeds" / name
+    if not (out / "cells").is_dir():
+        have = sorted(p.name for p in (results_dir() / "seeds").glob("*") if (p / "cells").is_dir())
+        raise BadInput(f"No stored sweep {out}; stored sweeps: {have or 'none'}. Run it with "
+                       f"`seqlab sweep results/seeds/{name}.yaml --out results/seeds/{name}`.")
+    df = summary_table(out)
+    if df.empty: raise BadInput(f"The sweep {out} has no finished cell yet; run it (a rerun resumes).")
+    return df
+
+# %% ../nbs/45_references.ipynb #c021
+FINDING_KEYS = ("point", "paper", "here", "verdict")
+
+def fmt_interval(mean: float, lo: float | None = None, hi: float | None = None, n: int | None = None,
+                 unit: str = "seeds", digits: int = 2) -> str:
+    "An estimate as text: 'mean [lo, hi], n unit' (parts left out when not given; 'n/a' for a missing mean)."
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)): return "n/a"
+    s = f"{mean:.{digits}f}"
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)): s += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if n is not None: s += f", {n} {unit}"
+    return s
+
+def findings(rows: list[dict]):
+    "The 'what we found' table: rows of {point, paper, here, verdict} as Markdown (an IPython display object)."
+    from IPython.display import Markdown
+    if not rows: raise BadInput("findings() needs at least one row of {point, paper, here, verdict}.")
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| Claim | Paper | Here | Verdict |", "|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        missing = [k for k in FINDING_KEYS if k not in r]
+        if missing: raise BadInput(f"findings row {i} lacks {missing}; each row needs {list(FINDING_KEYS)}.")
+        lines.append("| " + " | ".join(cell(r[k]) for k in FINDING_KEYS) + " |")
+    return Markdown("\n".join(lines))
+
+# %% ../nbs/45_references.ipynb #c024
+PROBE_NOTEBOOKS = ("10_icl_regression", "10_icll", "11_heads", "11a_ngram_heads", "12_verbatim", "13_collapse", "14_spinning")
+CITES = re.compile(r"paper|report|et al\.", re.I)                       # a paragraph that cites the paper
+NUMBER = re.compile(r"(?<![\w.\-/])(\d+\.\d+%?|\d+(?:\.\d+)?\s?%)(?![\w.]*\d)")   # decimals and percentages
+FREE = {"95%", "2.5", "97.5", "50%"}         # the usual interval level and its percentiles, a median
+ARXIV = re.compile(r"^\d{4}\.\d{4,5}$")    # an arXiv id is not a measurement
+
+def nbs_dir() -> Path: return results_dir().parent / "nbs"
+
+def result_cells(nb) -> list[int]:
+    "Indices of a notebook's results cells (code cells whose first line is RESULT_CELL_MARK)."
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.split("\n", 1)[0].strip() == RESULT_CELL_MARK]
+
+def _kept(outputs) -> list:
+    "The outputs worth committing: displays and results (no stderr, no progress bars), without counts or metadata."
+    keep = []
+    for o in outputs:
+        if o.get("output_type") == "stream" and o.get("name") == "stderr": continue
+        o = dict(o); o.pop("execution_count", None)
+        if "data" in o: o["metadata"] = {}
+        if o.get("output_type") == "execute_result": o["output_type"] = "display_data"
+        keep.append(o)
+    return keep
+
+def _executed(path: Path, timeout: int = 600):
+    "The notebook at `path` and the outputs of its results cells, run alone in one fresh kernel from nbs/."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    idx = result_cells(nb)
+    if not idx: return nb, idx, []
+    sub = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(nb.cells[i].source) for i in idx], metadata=nb.metadata)
+    NotebookClient(sub, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb, idx, [_kept(c.outputs) for c in sub.cells]
+
+def _paths(paths) -> list[Path]:
+    return [Path(p) for p in paths] if paths else [nbs_dir() / f"{n}.ipynb" for n in PROBE_NOTEBOOKS]
+
+def render_pages(paths=None, timeout: int = 600) -> dict[str, int]:
+    "Execute the results cells of `paths` (default: every probe notebook) and write their outputs in; name -> cells drawn."
+    import nbformat
+    done = {}
+    for p in tqdm(_paths(paths), desc="results cells", unit="notebook"):
+        nb, idx, outs = _executed(p, timeout)
+        for i, o in zip(idx, outs):
+            nb.cells[i].outputs = [nbformat.from_dict(x) for x in o]; nb.cells[i].execution_count = None
+        if idx:
+            with atomic_path(p) as t: nbformat.write(nb, str(t))
+        done[p.stem] = len(idx)
+    return done
+
+def stale_pages(paths=None, timeout: int = 600) -> list[str]:
+    "Every results cell (notebook:cell id) whose committed outputs differ from what its stored results draw now."
+    stale = []
+    for p in _paths(paths):
+        nb, idx, outs = _executed(p, timeout)
+        for i, o in zip(idx, outs):
+            if json.loads(json.dumps(_kept(nb.cells[i].outputs))) != json.loads(json.dumps(o)):
+                stale.append(f"{p.stem}:{nb.cells[i].get('id', i)}")
+    return stale
+
+def prose_numbers(path) -> list[str]:
+    "Decimal numbers and percentages in a notebook's markdown that no code cell spells and no citing paragraph holds."
+    import nbformat
+    nb = nbformat.read(Path(path), as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    found = []
+    for c in nb.cells:
+        if c.cell_type != "markdown": continue
+        for para in re.split(r"\n\s*\n", c.source):
+            if CITES.search(para): continue
+            found += [f"{c.get('id', '?')}: {m.group(1)!r} in {para.strip()[:80]!r}" for m in NUMBER.finditer(para)
+                      if m.group(1).rstrip("%").strip() not in code and m.group(1) not in FREE
+                      and not ARXIV.match(m.group(1))]
+    return found

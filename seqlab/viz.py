@@ -20,10 +20,11 @@ from . import icl_regression, icll, heads, ngram_heads, verbatim, collapse, spin
 
 # %% auto #0
 __all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'ATLAS_SCORES',
-           'FIGURE_SCRIPTS', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'figure',
-           'icl_regression_figure', 'icll_figure', 'head_grids_figure', 'causal_traces', 'induction_figure',
-           'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure', 'collapse_causal_traces',
-           'collapse_causal_figure', 'spinning_figure', 'atlas_grids', 'atlas_figure', 'figure_script']
+           'FIGURE_SCRIPTS', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'plotly_cdn',
+           'page', 'figure', 'icl_regression_figure', 'icll_figure', 'head_grids_figure', 'causal_traces',
+           'induction_figure', 'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure',
+           'collapse_causal_traces', 'collapse_causal_figure', 'spinning_figure', 'atlas_grids', 'atlas_figure',
+           'figure_script']
 
 # %% ../nbs/20_viz.ipynb #c007
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -81,6 +82,27 @@ def bar_figure(values: dict[str, float], errors: dict[str, tuple] | None = None,
     fig = go.Figure(go.Bar(x=names, y=[values[n] for n in names], error_y=err, marker_color=colors))
     fig.update_layout(title=title, yaxis_title=yaxis, height=height)
     return fig
+
+# %% ../nbs/20_viz.ipynb #c010
+def plotly_cdn() -> str:
+    "The CDN address of the plotly.js that this plotly package draws with (pinned by version: figures stay as drawn)."
+    from plotly.offline import get_plotlyjs_version
+    return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+
+class page:
+    "Display a plotly figure as small, reproducible outputs: its JSON (JupyterLab) and a div that loads plotly.js by CDN (docs site)."
+    def __init__(self, fig: go.Figure, height: int | None = None):
+        if not isinstance(fig, go.Figure): raise BadInput(f"page() draws a plotly Figure, not {type(fig).__name__}.")
+        self.fig = fig if height is None else go.Figure(fig).update_layout(height=height)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        import hashlib
+        spec = json.loads(self.fig.to_json())
+        ident = "fig-" + hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+        div = self.fig.to_html(full_html=False, include_plotlyjs=False, div_id=ident, config={"displaylogo": False})
+        return {"application/vnd.plotly.v1+json": {**spec, "config": {"displaylogo": False}},
+                "text/html": f'<script src="{plotly_cdn()}" charset="utf-8"></script>\n{div}',
+                "text/plain": f"<figure: {self.fig.layout.title.text or 'untitled'}>"}
 
 # %% ../nbs/20_viz.ipynb #c029
 FIGURES: dict[str, Callable[[Result], go.Figure]] = {}

@@ -60,6 +60,21 @@ def test_docs_preview_renders_the_figures(browser, tmp_path):
     assert any(p["title"] == "layer 18 head 6" and p["z"] > 0 and p["svg"] > 20 for p in plots), plots
 
 
+def test_docs_site_shows_every_probe_result(browser, tmp_path):
+    "The site is built without executing notebooks: each probe page must draw its committed results figures."
+    from seqlab.cli import build_docs_preview
+    from seqlab.references import PROBE_NOTEBOOKS
+    build_docs_preview(tmp_path / "site", only=list(PROBE_NOTEBOOKS), execute=False)
+    page = browser.new_page()
+    for name in PROBE_NOTEBOOKS:
+        page.goto((tmp_path / "site" / f"{name}.html").as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        plots = plot_summary(page)
+        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+        assert plots and all(p["traces"] > 0 and p["svg"] > 20 for p in plots), (name, plots)
+        assert page.locator("table").filter(has_text="Verdict").count() >= 1, f"{name}: no findings table on the page"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
