@@ -17,8 +17,8 @@ import seqlab.viz   # noqa: F401  (imports every probe module, which fills the p
 
 # %% auto #0
 __all__ = ['TOLERANCES', 'RESULT_CELL_MARK', 'FINDING_KEYS', 'PROBE_NOTEBOOKS', 'CITES', 'NUMBER', 'FREE', 'ARXIV', 'differences',
-           'tolerance', 'record', 'rerun', 'check', 'results_dir', 'stored', 'stored_sweep', 'fmt_interval', 'findings',
-           'nbs_dir', 'result_cells', 'render_pages', 'stale_pages', 'prose_numbers']
+           'tolerance', 'record', 'rerun', 'check', 'results_dir', 'stored', 'stored_runs', 'stored_sweep',
+           'fmt_interval', 'findings', 'nbs_dir', 'result_cells', 'render_pages', 'stale_pages', 'prose_numbers']
 
 # %% ../nbs/45_references.ipynb #c006
 def _timing(key: str) -> bool:
@@ -123,14 +123,27 @@ def stored(probe: str, folder: str = "quick") -> Result:
                        f"Record it with `seqlab reference record results/{folder} --probes {probe}`.")
     return Result.from_dict(_stored(path))
 
-def stored_sweep(name: str) -> "pd.DataFrame":
-    "The tidy table (`sweep.summary_table`) of the stored sweep `results/seeds/<name>/`: one row per cell and metric."
-    from seqlab.sweep import summary_table
+def _sweep_dir(name: str) -> Path:
     out = results_dir() / "seeds" / name
     if not (out / "cells").is_dir():
         have = sorted(p.name for p in (results_dir() / "seeds").glob("*") if (p / "cells").is_dir())
         raise BadInput(f"No stored sweep {out}; stored sweeps: {have or 'none'}. Run it with "
                        f"`seqlab sweep results/seeds/{name}.yaml --out results/seeds/{name}`.")
+    return out
+
+def stored_runs(name: str) -> list[dict]:
+    """Every finished cell of the stored sweep `results/seeds/<name>/`, whole (curves and lists included), ordered by
+    setting then seed: dicts of {setting, point (the grid point), seed, result (a Result)}."""
+    from seqlab.sweep import setting_label, sweep_cells
+    runs = [{"setting": setting_label(c), "point": c["point"], "seed": c["seed"], "result": Result.from_dict(c["result"])}
+            for c in sweep_cells(_sweep_dir(name)) if c["result"] is not None]
+    if not runs: raise BadInput(f"The sweep results/seeds/{name} has no finished cell yet; run it (a rerun resumes).")
+    return sorted(runs, key=lambda r: (r["setting"], r["seed"]))
+
+def stored_sweep(name: str) -> "pd.DataFrame":
+    "The tidy table (`sweep.summary_table`) of the stored sweep `results/seeds/<name>/`: one row per cell and metric."
+    from seqlab.sweep import summary_table
+    out = _sweep_dir(name)
     df = summary_table(out)
     if df.empty: raise BadInput(f"The sweep {out} has no finished cell yet; run it (a rerun resumes).")
     return df

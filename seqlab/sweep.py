@@ -19,8 +19,8 @@ from .viz import bar_figure   # seqlab.viz also imports every probe module, whic
 
 # %% auto #0
 __all__ = ['SPEC_KEYS', 'load_spec', 'Cell', 'cell_id', 'expand', 'run_one', 'cell_paths', 'run_cell', 'start_ray', 'run_sweep',
-           'flatten_metrics', 't_quantile', 'mean_interval', 'summary_table', 'interval_table', 'write_page',
-           'summarize']
+           'flatten_metrics', 't_quantile', 'mean_interval', 'setting_label', 'sweep_cells', 'summary_table',
+           'interval_table', 'write_page', 'summarize']
 
 # %% ../nbs/40_sweep.ipynb #c006
 SPEC_KEYS = ("probes", "probe", "models", "model", "seeds", "quick", "set", "grid", "resources")
@@ -275,12 +275,12 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 # %% ../nbs/40_sweep.ipynb #c027
-def _setting(cell: dict) -> str:
+def setting_label(cell: dict) -> str:
     "A cell's setting as a label: its model (when the sweep has several) and grid point."
     point = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in cell["point"].items())
     return " · ".join(x for x in (cell["model"] or "", point) if x) or "default"
 
-def _cells(out: Path) -> list[dict]:
+def sweep_cells(out: Path) -> list[dict]:
     "Every cell recorded in the sweep folder, with its result (or error) when it has one."
     rows = []
     for p in sorted((out / "cells").glob("*.cell.json")):
@@ -294,9 +294,9 @@ def summary_table(out) -> "pd.DataFrame":
     "One row per finished cell and scalar metric: cell, probe, model, setting, seed, quick, each override, metric, value, elapsed_s."
     import pandas as pd
     rows = []
-    for c in _cells(Path(out)):
+    for c in sweep_cells(Path(out)):
         if c["result"] is None: continue
-        base = {"cell": c["id"], "probe": c["probe"], "model": c["model"] or "", "setting": _setting(c), "seed": c["seed"],
+        base = {"cell": c["id"], "probe": c["probe"], "model": c["model"] or "", "setting": setting_label(c), "seed": c["seed"],
                 "quick": c["quick"], **{f"set.{k}": v for k, v in c["overrides"].items()}, "elapsed_s": c["result"]["elapsed_s"]}
         rows += [{**base, "metric": k, "value": v} for k, v in flatten_metrics(c["result"]["metrics"]).items()]
     df = pd.DataFrame(rows)
@@ -340,7 +340,7 @@ def write_page(out, intervals, cells: list[dict], level: float = 0.95) -> Path:
              f"Data: <a href='summary.csv'>summary.csv</a>, <a href='summary.parquet'>summary.parquet</a> (one row per cell and metric).</p>"]
     if failed:
         parts.append("<h2>Failed cells</h2>" + "".join(
-            f"<div class='failed'><b>{h.escape(c['probe'])} seed {c['seed']} [{h.escape(_setting(c))}]</b>: "
+            f"<div class='failed'><b>{h.escape(c['probe'])} seed {c['seed']} [{h.escape(setting_label(c))}]</b>: "
             f"{h.escape((c['error'] or {}).get('error', 'not run yet'))} · <a href='logs/{c['id']}.log'>log</a></div>" for c in failed))
     for probe, pi in intervals.groupby("probe", sort=False):
         parts.append(f"<h2>{h.escape(probe)}</h2>")
@@ -361,5 +361,5 @@ def summarize(out, level: float = 0.95) -> dict[str, Path]:
     df = summary_table(out)
     with atomic_path(out / "summary.csv") as t: df.to_csv(t, index=False)
     with atomic_path(out / "summary.parquet") as t: df.to_parquet(t, index=False)
-    page = write_page(out, interval_table(df, level), _cells(out), level)
+    page = write_page(out, interval_table(df, level), sweep_cells(out), level)
     return {"csv": out / "summary.csv", "parquet": out / "summary.parquet", "html": page}
