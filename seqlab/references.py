@@ -105,6 +105,12 @@ def check(path, rtol: float | None = None, atol: float | None = None, device=Non
 # %% ../nbs/45_references.ipynb #c018
 RESULT_CELL_MARK = "# stored results"   # the first line of a results cell
 
+def _as_result(d: dict) -> Result:
+    "A result record as its probe's Result class (its `summary()` and figure), or a plain Result for an unknown probe."
+    try: cls = get_probe(d["probe"]).result
+    except (BadInput, KeyError): cls = Result
+    return cls.from_dict(d)
+
 def results_dir() -> Path:
     "The repository's `results/` folder (stored runs ship with the repository, not with the wheel)."
     import seqlab
@@ -115,13 +121,13 @@ def results_dir() -> Path:
     return d
 
 def stored(probe: str, folder: str = "quick") -> Result:
-    "The stored result `results/<folder>/<probe>.json` as a Result (provenance included)."
+    "The stored result `results/<folder>/<probe>.json` as the probe's own Result class (provenance included)."
     path = results_dir() / folder / f"{probe}.json"
     if not path.exists():
         have = sorted(p.stem for p in (results_dir() / folder).glob("*.json"))
         raise BadInput(f"No stored result {path}; stored in results/{folder}: {have or 'none'}. "
                        f"Record it with `seqlab reference record results/{folder} --probes {probe}`.")
-    return Result.from_dict(_stored(path))
+    return _as_result(_stored(path))
 
 def _sweep_dir(name: str) -> Path:
     out = results_dir() / "seeds" / name
@@ -135,7 +141,7 @@ def stored_runs(name: str) -> list[dict]:
     """Every finished cell of the stored sweep `results/seeds/<name>/`, whole (curves and lists included), ordered by
     setting then seed: dicts of {setting, point (the grid point), seed, result (a Result)}."""
     from seqlab.sweep import setting_label, sweep_cells
-    runs = [{"setting": setting_label(c), "point": c["point"], "seed": c["seed"], "result": Result.from_dict(c["result"])}
+    runs = [{"setting": setting_label(c), "point": c["point"], "seed": c["seed"], "result": _as_result(c["result"])}
             for c in sweep_cells(_sweep_dir(name)) if c["result"] is not None]
     if not runs: raise BadInput(f"The sweep results/seeds/{name} has no finished cell yet; run it (a rerun resumes).")
     return sorted(runs, key=lambda r: (r["setting"], r["seed"]))

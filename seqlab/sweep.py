@@ -213,6 +213,10 @@ def _on_ray(todo: list[Cell], out: Path, resources: dict, address, num_cpus, max
 
 def _tick(bar, outcome: dict) -> dict: bar.update(1); return outcome
 
+def _finished(out: Path, cell: Cell) -> bool:
+    "Whether another process finished this cell since the sweep started (two processes may share one folder)."
+    return cell_paths(out, cell.id)["result"].exists()
+
 def run_sweep(spec, out, address: str | None = None, num_cpus: int | None = None, max_retries: int = 3,
               progress: bool = True, use_ray: bool = True) -> dict:
     """Run every cell of `spec` not already finished in `out`: as Ray tasks (local Ray unless `address`/$RAY_ADDRESS names a
@@ -221,7 +225,7 @@ def run_sweep(spec, out, address: str | None = None, num_cpus: int | None = None
     with tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, desc="sweep", unit="cell") as bar:
         if not todo: outcomes = []
         elif use_ray: outcomes = _on_ray(todo, out, load_spec(spec)["resources"], address, num_cpus, max_retries, bar)
-        else: outcomes = [_tick(bar, run_cell(c, out)) for c in todo]
+        else: outcomes = [_tick(bar, run_cell(c, out)) for c in todo if not _finished(out, c)]
     return {"out": out, "cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo),
             "failed": [o["id"] for o in outcomes if not o["ok"]]}
 

@@ -21,10 +21,10 @@ from . import icl_regression, icll, heads, ngram_heads, verbatim, collapse, spin
 # %% auto #0
 __all__ = ['FIGURES', 'ICL_REGRESSION_COLORS', 'ICLL_COLORS', 'ICLL_BASELINE_DASH', 'VERBATIM_COLORS', 'ATLAS_SCORES',
            'FIGURE_SCRIPTS', 'pattern_figure', 'head_grid_figure', 'line_band_figure', 'bar_figure', 'plotly_cdn',
-           'page', 'figure', 'icl_regression_figure', 'icll_figure', 'head_grids_figure', 'causal_traces',
-           'induction_figure', 'successor_figure', 'ngram_figure', 'verbatim_figure', 'collapse_figure',
-           'collapse_causal_traces', 'collapse_causal_figure', 'spinning_figure', 'atlas_grids', 'atlas_figure',
-           'figure_script']
+           'page', 'interval_bars', 'figure', 'icl_regression_figure', 'icll_figure', 'head_grids_figure',
+           'causal_traces', 'induction_figure', 'successor_figure', 'ngram_figure', 'verbatim_figure',
+           'collapse_figure', 'collapse_causal_traces', 'collapse_causal_figure', 'spinning_figure', 'atlas_grids',
+           'atlas_figure', 'figure_script']
 
 # %% ../nbs/20_viz.ipynb #c007
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -104,6 +104,23 @@ class page:
                 "text/html": f'<script src="{plotly_cdn()}" charset="utf-8"></script>\n{div}',
                 "text/plain": f"<figure: {self.fig.layout.title.text or 'untitled'}>"}
 
+# %% ../nbs/20_viz.ipynb #c012
+def interval_bars(iv, metrics: list[str], labels: dict[str, str] | None = None, group: str = "setting",
+                  title: str = "", yaxis: str = "", height: int = 400) -> go.Figure:
+    """Means with their intervals over seeds, from an interval table (`sweep.interval_table`: columns `group`, metric,
+    n, mean, lo, hi): one bar series per metric, one bar per value of `group`, n in the hover."""
+    missing = [m for m in metrics if m not in set(iv["metric"])]
+    if missing: raise BadInput(f"interval_bars: no rows for {missing}; the table has {sorted(set(iv['metric']))[:20]}.")
+    fig = go.Figure()
+    for m in metrics:
+        d = iv[iv["metric"] == m]
+        fig.add_bar(x=d[group].astype(str).tolist(), y=d["mean"].tolist(), name=(labels or {}).get(m, m),
+                    error_y=dict(type="data", symmetric=False, array=(d["hi"] - d["mean"]).tolist(),
+                                 arrayminus=(d["mean"] - d["lo"]).tolist()),
+                    customdata=d["n"].tolist(), hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + (labels or {}).get(m, m) + "</extra>")
+    fig.update_layout(title=title, yaxis_title=yaxis, barmode="group", height=height)
+    return fig
+
 # %% ../nbs/20_viz.ipynb #c029
 FIGURES: dict[str, Callable[[Result], go.Figure]] = {}
 
@@ -117,9 +134,9 @@ ICL_REGRESSION_COLORS = {"transformer": "#1f77b4", "least_squares": "#ff7f0e", "
                          "averaging": "#d62728", "lsa": "#9467bd", "lsa_closed_form": "#8c564b"}
 
 def icl_regression_figure(res) -> go.Figure:
-    "Error vs in-context examples with bootstrap bands (left); last-query error in distribution vs skewed Λ′ (right)."
+    "Error vs in-context examples with bootstrap bands (left); last-query error in distribution, under skewed Λ′ and x × 2 (right)."
     m, d = res.metrics, res.config["d"]
-    fig = make_subplots(1, 2, subplot_titles=("error vs in-context examples (Λ = I)", "last-query error: Λ = I vs skewed Λ′"))
+    fig = make_subplots(1, 2, subplot_titles=("error vs in-context examples (Λ = I)", "last-query error: Λ = I, skewed Λ′, x × 2"))
     for name, curve in m["error_curve"].items():
         c = ICL_REGRESSION_COLORS.get(name, "gray"); k = list(range(len(curve)))
         lo, hi = m["error_band"][name]
@@ -129,6 +146,8 @@ def icl_regression_figure(res) -> go.Figure:
     names = list(m["shift"])
     fig.add_trace(go.Bar(x=names, y=[m["in_distribution"][n] for n in names], name="Λ = I (train)", marker_color="#7f7f7f"), 1, 2)
     fig.add_trace(go.Bar(x=names, y=[m["shift"][n] for n in names], name="skewed Λ′", marker_color="#e377c2"), 1, 2)
+    scaled = m.get("shift_detail", {}).get("x_scale_2")   # Zhang, Frei & Bartlett's x-scaling shift (Λ′ = 4I)
+    if scaled: fig.add_trace(go.Bar(x=names, y=[scaled.get(n) for n in names], name="x × 2 (Λ′ = 4I)", marker_color="#17becf"), 1, 2)
     fig.add_vline(x=d, line=dict(dash="dot", color="gray"), row=1, col=1)
     fig.update_xaxes(title_text="in-context examples k", row=1, col=1)
     fig.update_yaxes(title_text="squared error / d", row=1, col=1)
