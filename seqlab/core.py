@@ -278,6 +278,9 @@ def config_keys(cfg) -> list[str]:
         keys += [f"{f.name}.{k}" for k in config_keys(v)] if dataclasses.is_dataclass(v) and not isinstance(v, type) else [f.name]
     return keys
 
+def _is_none(value) -> bool: return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
+def _optional(hint) -> bool: return type(None) in typing.get_args(hint)
+
 def apply_overrides(cfg, overrides: dict, _prefix: str = ""):
     "A copy of the config dataclass `cfg` with dotted-key `overrides` applied (strings parsed to each field's type)."
     if not overrides: return cfg
@@ -295,6 +298,8 @@ def apply_overrides(cfg, overrides: dict, _prefix: str = ""):
             if not (dataclasses.is_dataclass(sub) and not isinstance(sub, type)):
                 raise BadInput(f"Unknown setting {full!r}: {_prefix + head!r} is a plain value ({_hint_name(hints.get(head, Any))}), not a nested config.")
             nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(sub) and not isinstance(sub, type) and _is_none(value) and _optional(hints.get(head)):
+            changes[head] = None                        # an optional nested config switched off (`causal: null`)
         elif dataclasses.is_dataclass(sub) and not isinstance(sub, type):
             raise BadInput(f"{full!r} is a nested config; set its fields with dotted keys: {', '.join(_prefix + head + '.' + k for k in config_keys(sub))}.")
         else:
