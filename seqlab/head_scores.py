@@ -17,7 +17,8 @@ from .core import BadInput
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['repeated_random_tokens', 'prev_token_scores', 'induction_scores', 'ngram_head_scores', 'pattern_scores', 'top_heads']
+__all__ = ['NGRAM_EXACT_FIELDS', 'repeated_random_tokens', 'prev_token_scores', 'induction_scores', 'ngram_head_scores',
+           'ngram_exact_scores', 'ngram_exact_summary', 'pattern_scores', 'top_heads']
 
 # %% ../nbs/07a_head_scores.ipynb #c005
 def repeated_random_tokens(model: LabModel, n_seqs: int, seq_len: int, generator: torch.Generator) -> Int[Tensor, "n pos"]:
@@ -58,6 +59,38 @@ def ngram_head_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tens
         w = has[:, None].to(pattern.dtype).expand_as(score)
         out.append(torch.stack([(score * w).sum(-1), (base * w).sum(-1), w.sum(-1)], -1))
     return torch.stack(out, 2)
+
+# %% ../nbs/07a_head_scores.ipynb #c024
+NGRAM_EXACT_FIELDS = ("exact", "exact_uniform", "exact_queries",            # queries with a key matching exactly n tokens
+                      "longer", "shorter", "longer_uniform", "shorter_uniform", "contested_queries")   # queries with both kinds
+
+def ngram_exact_scores(pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], ns=(1, 2, 3),
+                       attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch head n 8"]:
+    "Per sequence and head, for each n: sums of attention on keys matching exactly n tokens (M_n minus M_(n+1)), and the longer/shorter split where both exist."
+    from seqlab.archs import ngram_match
+    T = tokens.shape[1]
+    attendable = torch.arange(1, T + 1, dtype=pattern.dtype, device=pattern.device)
+    M = {n: ngram_match(tokens, n, attention_mask) > 0 for n in sorted({*ns, *(n + 1 for n in ns)})}   # [batch, q, k]
+    out = []
+    for n in ns:
+        E, Lg = M[n] & ~M[n + 1], M[n + 1]
+        has_e = E.any(-1)[:, None].to(pattern.dtype); both = (E.any(-1) & Lg.any(-1))[:, None].to(pattern.dtype)
+        a_e = torch.einsum("bhqk,bqk->bhq", pattern, E.to(pattern.dtype))
+        a_l = torch.einsum("bhqk,bqk->bhq", pattern, Lg.to(pattern.dtype))
+        u_e = (E.sum(-1) / attendable)[:, None].expand_as(a_e); u_l = (Lg.sum(-1) / attendable)[:, None].expand_as(a_e)
+        w1, w2 = has_e.expand_as(a_e), both.expand_as(a_e)
+        out.append(torch.stack([(a_e * w1).sum(-1), (u_e * w1).sum(-1), w1.sum(-1),
+                                (a_l * w2).sum(-1), (a_e * w2).sum(-1), (u_l * w2).sum(-1), (u_e * w2).sum(-1), w2.sum(-1)], -1))
+    return torch.stack(out, 2)
+
+def ngram_exact_summary(sums: Float[Tensor, "... 8"]) -> dict[str, Tensor]:
+    "Per-head numbers from summed `ngram_exact_scores` fields: exact-n score and baseline, longer-match share and its uniform share (NaN without queries)."
+    f = dict(zip(NGRAM_EXACT_FIELDS, sums.unbind(-1)))
+    div = lambda a, b: torch.where(b > 0, a / b.clamp(min=1e-30), torch.full_like(a, math.nan))
+    return {"exact": div(f["exact"], f["exact_queries"]), "exact_uniform": div(f["exact_uniform"], f["exact_queries"]),
+            "exact_queries": f["exact_queries"], "longer_share": div(f["longer"], f["longer"] + f["shorter"]),
+            "longer_share_uniform": div(f["longer_uniform"], f["longer_uniform"] + f["shorter_uniform"]),
+            "contested_queries": f["contested_queries"]}
 
 # %% ../nbs/07a_head_scores.ipynb #c017
 @torch.no_grad()

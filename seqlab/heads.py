@@ -19,18 +19,19 @@ from .archs import CharTokenizer, Transformer, TransformerConfig
 from .capture import capture, run_with_hooks, token_surprisal
 from .core import BadInput, Probe, Result, check_needs, data_dir, get_probe, register_probe, seed_everything
 from .head_scores import induction_scores, repeated_random_tokens, top_heads
-from .interventions import ablation_control, control_rows, final_norm, masked_loss
+from .interventions import ablation_control, bootstrap_interval, control_rows, final_norm, masked_loss
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
 __all__ = ['INDUCTION_THRESHOLD', 'FORMS', 'N_ROMAN', 'EXT_KINDS', 'MODULUS', 'PROBE_LR', 'PROBE_WEIGHT_DECAY', 'STD_FLOOR',
-           'PATTERN_ITEMS', 'SENTENCE_TEMPLATES', 'SUCCESSOR_THRESHOLD', 'InductionConfig', 'token_losses',
+           'WILSON_Z', 'PATTERN_ITEMS', 'SENTENCE_TEMPLATES', 'SUCCESSOR_THRESHOLD', 'InductionConfig', 'token_losses',
            'rank_heads', 'second_copy_weights', 'induction_ablation', 'InductionResult', 'run_induction',
            'roman_numerals', 'ordinal_tasks', 'OrdinalPairs', 'succession_pairs', 'ov_pairs_for_ids',
            'extended_embeddings', 'folded_unembed', 'stacked_ov', 'head_inputs', 'ov_outputs', 'succession_scores',
-           'full_vocab_scores', 'shift_model', 'SuccessorConfig', 'mod10_probe', 'residue_means', 'arithmetic_success',
-           'incrementation_prompts', 'head_ablation_dloss', 'ov_scan', 'best_head_subtasks', 'mod10_structure',
-           'best_head_ablation', 'succession_sentences', 'successor_ablation', 'SuccessorResult', 'run_successor']
+           'full_vocab_scores', 'shift_model', 'SuccessorConfig', 'wilson_interval', 'above_modulus_score',
+           'mod10_probe', 'residue_means', 'arithmetic_success', 'incrementation_prompts', 'head_ablation_dloss',
+           'ov_scan', 'best_head_subtasks', 'mod10_structure', 'best_head_ablation', 'succession_sentences',
+           'successor_ablation', 'SuccessorResult', 'run_successor']
 
 # %% ../nbs/11_heads.ipynb #c006
 @dataclasses.dataclass
@@ -115,6 +116,11 @@ def run_induction(model: LabModel, cfg: InductionConfig | None = None) -> Induct
     metrics = {"top_heads": rank_heads(ind)[:cfg.top_k], "loss_first_copy": first, "loss_second_copy": second,
                "induction_scores": ind, "prev_token_scores": prev, "loss_by_position": loss,
                f"n_heads_above_{INDUCTION_THRESHOLD}": int((ind > INDUCTION_THRESHOLD).sum())}
+    per_seq, seq_loss = torch.stack([cap[n] for n in names[:-1]], 1), cap["logits"]   # [seq, layer, head, 2], [seq, pos-1]
+    metrics["intervals"] = {                                      # 95% bootstrap over sequences (bootstrap_interval, seed cfg.seed)
+        "top_heads": [dict(h, **bootstrap_interval(per_seq[:, h["layer"], h["head"], 0], seed=cfg.seed)) for h in metrics["top_heads"]],
+        "loss_first_copy": bootstrap_interval(seq_loss[:, offset:offset + L - 1].mean(1), seed=cfg.seed),
+        "loss_second_copy": bootstrap_interval(seq_loss[:, offset + L:offset + 2 * L - 1].mean(1), seed=cfg.seed)}
     if cfg.causal_k > 0: metrics["causal"] = {"top_induction_heads": induction_ablation(model, toks, ind, cfg, gen)}
     return InductionResult("induction", model.name, dataclasses.asdict(cfg), metrics, seed=cfg.seed, elapsed_s=time.time() - t0)
 
@@ -341,27 +347,61 @@ MODULUS = 10                 # the paper's feature: an item's index mod 10
 PROBE_LR = 1e-2              # Adam step size of the mod-10 probe (ours; it converges within probe_steps on standardised features)
 PROBE_WEIGHT_DECAY = 1e-2    # the probe's weight decay (ours)
 STD_FLOOR = 1e-6             # added to each feature's std so a constant feature does not divide by zero
+WILSON_Z = 1.959964          # the normal quantile of a 95% Wilson interval
 
 def _standardise(x, mu, sd): return (x - mu) / sd
 
+def wilson_interval(hits: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    "Wilson score interval for a proportion hits/n (95% by default); (nan, nan) when n == 0."
+    if n == 0: return math.nan, math.nan
+    p = hits / n; c = z * z / n
+    mid, half = (p + c / 2) / (1 + c), z * math.sqrt(p * (1 - p) / n + c / (4 * n)) / (1 + c)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+def _fit_probe(x, y, steps, weight_decay, seed):
+    mu, sd = x.mean(0), x.std(0) + STD_FLOOR
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], MODULUS)
+    opt = torch.optim.Adam(lin.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
+    xt = _standardise(x, mu, sd)
+    for _ in range(steps):
+        opt.zero_grad(); torch.nn.functional.cross_entropy(lin(xt), y).backward(); opt.step()
+    return lambda z: lin(_standardise(z, mu, sd)).argmax(-1)
+
+# %% ../nbs/11_heads.ipynb #c051
+def above_modulus_score(y: Int[Tensor, "n"], pred: Int[Tensor, "n"], group: list[str]) -> dict:
+    "Accuracy of residue predictions `pred` against `y`, with its Wilson interval and chance levels, pooled and per task."
+    n, hits = len(y), int((pred == y).sum())
+    lo, hi = wilson_interval(hits, n)
+    counts = lambda v: torch.bincount(v, minlength=MODULUS).double() / max(len(v), 1)
+    g = np.array(group)
+    per_task = {str(t): {"accuracy": (pred[g == t] == y[g == t]).float().mean().item(), "n": int((g == t).sum())} for t in sorted(set(group))}
+    return {"accuracy": hits / n if n else math.nan, "lo": lo, "hi": hi, "n": n, "chance": 1 / MODULUS,
+            "majority": counts(y).max().item() if n else math.nan,                       # the best constant guess
+            "chance_agreement": (counts(y) * counts(pred)).sum().item() if n else math.nan,   # these predictions, shuffled
+            "per_task": per_task}
+
 def mod10_probe(x: Float[Tensor, "n d"], index: Int[Tensor, "n"], group: list[str], steps: int = 300,
                 weight_decay: float = PROBE_WEIGHT_DECAY, seed: int = 0) -> dict:
-    "Leave-one-task-out accuracy of a linear probe for index mod 10 (chance 0.1 when residues are balanced)."
+    "Leave-one-task-out accuracy of a linear probe for index mod 10 (chance 0.1 when residues are balanced), and on index > 10 only."
     y = index % MODULUS
     groups = sorted(set(group)); g = np.array(group)
-    acc = {}
+    above = index > MODULUS                          # where index mod 10 differs from the index itself
+    acc, pred_all, pred_below = {}, torch.full_like(y, -1), torch.full_like(y, -1)
     for held in groups:
         test = torch.tensor(g == held); train = ~test
         if train.sum() < MODULUS or len(y[train].unique()) < 2: continue   # fewer training tokens than classes
-        mu, sd = x[train].mean(0), x[train].std(0) + STD_FLOOR
-        torch.manual_seed(seed)
-        lin = torch.nn.Linear(x.shape[1], MODULUS)
-        opt = torch.optim.Adam(lin.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
-        xt = _standardise(x[train], mu, sd)
-        for _ in range(steps):
-            opt.zero_grad(); torch.nn.functional.cross_entropy(lin(xt), y[train]).backward(); opt.step()
-        with torch.no_grad(): acc[held] = (lin(_standardise(x[test], mu, sd)).argmax(-1) == y[test]).float().mean().item()
-    return {"loto_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))) if acc else float("nan"), "chance": 1 / MODULUS}
+        probe = _fit_probe(x[train], y[train], steps, weight_decay, seed)
+        with torch.no_grad():
+            pred_all[test] = probe(x[test]); acc[held] = (pred_all[test] == y[test]).float().mean().item()
+        below = train & ~above                       # the stricter probe never sees an index above 10
+        if (test & above).any() and below.sum() >= MODULUS and len(y[below].unique()) >= 2:
+            probe = _fit_probe(x[below], y[below], steps, weight_decay, seed)
+            with torch.no_grad(): pred_below[test & above] = probe(x[test & above])
+    sel = lambda p: (p >= 0) & above
+    return {"loto_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))) if acc else float("nan"), "chance": 1 / MODULUS,
+            "above_10": above_modulus_score(y[sel(pred_all)], pred_all[sel(pred_all)], list(g[sel(pred_all).numpy()])),
+            "above_10_from_below": above_modulus_score(y[sel(pred_below)], pred_below[sel(pred_below)], list(g[sel(pred_below).numpy()]))}
 
 # %% ../nbs/11_heads.ipynb #c123
 def residue_means(ext: Float[Tensor, "n d"], index: Int[Tensor, "n"], rows: torch.BoolTensor) -> Float[Tensor, "modulus d"]:
@@ -540,7 +580,13 @@ class SuccessorResult(Result):
                 ["its score: pooled / macro / full vocab", f"{b['score']:.3f} / {b['macro']:.3f} / {b['full_vocab']:.3f}"],
                 ["chance (pooled)", round(m["chance_pooled"], 3)]]
         rows += [[f"best head, ext={k}", f"L{v['best']['layer']}H{v['best']['head']} {v['best']['score']:.3f}"] for k, v in m["variants"].items()]
-        rows += [["mod-10 probe (leave-one-task-out)", round(m["mod10"]["mean_accuracy"], 3)],
+        rows += [["mod-10 probe (leave-one-task-out)", round(m["mod10"]["mean_accuracy"], 3)]]
+        for key, what in (("above_10", "index > 10 only"), ("above_10_from_below", "index > 10, probe trained on <= 10")):
+            if m["mod10"].get(key, {}).get("n"):                                    # none on a model without tokens above 10
+                a = m["mod10"][key]
+                rows.append([f"mod-10 probe, {what}", f"{a['accuracy']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] of {a['n']} tokens "
+                                                       f"(chance {a['chance']:.2f}, best constant {a['majority']:.2f})"])
+        rows += [
                  ["arithmetic success (chance)", f"{m['arithmetic_success']:.3f} ({m['arithmetic']['chance']:.3f})"],
                  ["ablation dloss: best / random head", f"{m['ablation']['best']:.3f} / {m['ablation']['random']:.3f}"]]
         return rows + control_rows(m.get("causal", {}))

@@ -16,17 +16,18 @@ from torch import Tensor
 
 from .capture import capture
 from .core import BadInput, Probe, Result, check_needs, get_probe, register_probe, seed_everything
-from .head_scores import ngram_head_scores, top_heads
-from .interventions import N_CONTROL_DRAWS, ablation_control, bootstrap_interval, run_stacked
+from .head_scores import ngram_exact_scores, ngram_exact_summary, ngram_head_scores, top_heads
+from .interventions import LEVEL, N_BOOT, N_CONTROL_DRAWS, ablation_control, bootstrap_interval, run_stacked
 from .regbench import (ICLL_ARCHS, LETTERS, REGBENCH_PRESETS, SEP, ICLLModelsConfig, encode_instances, evaluate_icll,
                        hopcroft_minimize, icll_data, icll_model, icll_tokenizer, next_letter_truth, random_dfa,
                        sample_instance, trim)
 from .zoo import LabModel
 
 # %% auto #0
-__all__ = ['COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'ICLL_CAUSAL_METRICS', 'QUICK_CONTROL_DRAWS', 'regbench_instances',
-           'regbench_texts', 'spaced_symbol_ids', 'repeated_word_sequences', 'NgramCausalConfig', 'NgramConfig',
-           'ngram_scan', 'rank_heads_by_n', 'icll_metric', 'icll_ablation', 'icll_preset_name',
+__all__ = ['COMMON_WORD_MAX_ID', 'MIN_WORD_LETTERS', 'ICLL_CAUSAL_METRICS', 'QUICK_CONTROL_DRAWS', 'STORED_DECIMALS',
+           'regbench_instances', 'regbench_texts', 'spaced_symbol_ids', 'repeated_word_sequences', 'NgramCausalConfig',
+           'NgramConfig', 'ngram_scan_exact', 'ngram_scan', 'rank_heads_by_n', 'ratio_interval',
+           'longer_share_interval', 'exact_match_metrics', 'icll_metric', 'icll_ablation', 'icll_preset_name',
            'icll_transformer_heads', 'ngram_layer_effect', 'icll_ngram', 'causal_summary', 'NgramResult', 'run_ngram']
 
 # %% ../nbs/11a_ngram_heads.ipynb #c047
@@ -121,14 +122,21 @@ class NgramConfig:
         if self.causal is not None and self.causal.n not in self.ns: raise BadInput(f"causal.n = {self.causal.n} is not among ns {self.ns}.")
 
 # %% ../nbs/11a_ngram_heads.ipynb #c107
+def ngram_scan_exact(model: LabModel, tokens: Int[Tensor, "batch pos"], ns, batch_size: int = 8,
+                     attention_mask: Int[Tensor, "batch pos"] | None = None, desc: str = "ngram") -> tuple[Tensor, Tensor]:
+    "`ngram_scan`'s scores `[layer, head, n, 2]` and per sequence the `ngram_head_scores` and `ngram_exact_scores` sums `[seq, layer, head, n, 3 + 8]`, from one pass."
+    def reduce(name, act, mask, tokens):
+        a = act.float()
+        return torch.cat([ngram_head_scores(a, tokens, ns, mask), ngram_exact_scores(a, tokens, ns, mask)], -1)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
+    cap = capture(model, tokens, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False, attention_mask=attention_mask)
+    tot = torch.stack([cap[n][..., :3].contiguous().sum(0) for n in names])   # [layer, head, n, (score, baseline, count)]
+    return tot[..., :2] / tot[..., 2:].clamp(min=1), torch.stack([cap[n] for n in names], 1)
+
 def ngram_scan(model: LabModel, tokens: Int[Tensor, "batch pos"], ns, batch_size: int = 8,
                attention_mask: Int[Tensor, "batch pos"] | None = None, desc: str = "ngram") -> Float[Tensor, "layer head n 2"]:
     "n-gram score and uniform baseline of every head, each averaged over the query positions that have a match."
-    def reduce(name, act, mask, tokens): return ngram_head_scores(act.float(), tokens, ns, mask)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.arch.n_layers)]
-    cap = capture(model, tokens, names, batch_size=batch_size, reduce=reduce, desc=desc, progress=False, attention_mask=attention_mask)
-    tot = torch.stack([cap[n].sum(0) for n in names])                      # [layer, head, n, (score, baseline, count)]
-    return tot[..., :2] / tot[..., 2:].clamp(min=1)
+    return ngram_scan_exact(model, tokens, ns, batch_size, attention_mask, desc)[0]
 
 def rank_heads_by_n(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[dict]]:
     "For each n, every head as {layer, head, n, ngram_order, score, baseline}, best first."
@@ -138,6 +146,44 @@ def rank_heads_by_n(s: Float[Tensor, "layer head n 2"], ns) -> dict[str, list[di
                 for l in range(s.shape[0]) for h in range(s.shape[1])]
         top[str(n)] = sorted(flat, key=lambda x: -x["score"])
     return top
+
+
+# %% ../nbs/11a_ngram_heads.ipynb #c010
+STORED_DECIMALS = 4   # the per-head grids are stored rounded (a figure cannot show more; keeps the result JSON small)
+
+def ratio_interval(num: Float[Tensor, "seq"], den: Float[Tensor, "seq"], seed: int = 0) -> dict:
+    "sum(num) / sum(den) over sequences with its percentile-bootstrap interval, resampling sequences (NaN where undefined)."
+    num, den, n = num.double(), den.double(), len(num)
+    share = (num.sum() / den.sum()).item() if den.sum() > 0 else float("nan")
+    if n < 2 or den.sum() == 0: return {"share": share, "lo": float("nan"), "hi": float("nan"), "n_seqs": n}
+    idx = torch.randint(0, n, (N_BOOT, n), generator=torch.Generator().manual_seed(seed))
+    a, b = num[idx].sum(1), den[idx].sum(1)
+    lo, hi = torch.quantile(a[b > 0] / b[b > 0], torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=torch.float64)).tolist()
+    return {"share": share, "lo": lo, "hi": hi, "n_seqs": n}
+
+def longer_share_interval(sums: Float[Tensor, "seq 8"], seed: int = 0) -> dict:
+    "One head's longer-match share at one n (`ngram_exact_scores` fields summed per sequence) with its bootstrap interval over sequences."
+    return ratio_interval(sums[:, 3], sums[:, 3] + sums[:, 4], seed)
+
+def exact_match_metrics(s: Float[Tensor, "layer head n 2"], per_seq: Float[Tensor, "seq layer head n 11"], ns, top_k: int | None,
+                        seed: int = 0) -> dict:
+    "Per head and n: exactly-n score and longer-match share (`[layer, head, n]`), and for the top_k heads by n-gram score their numbers with intervals."
+    ex = per_seq[..., 3:]
+    summ = ngram_exact_summary(ex.sum(0))
+    top = {}
+    for c, n in enumerate(ns):
+        rows = []
+        for h in rank_heads_by_n(s, ns)[str(n)][:top_k]:
+            l, hd = h["layer"], h["head"]
+            ci, sc = longer_share_interval(ex[:, l, hd, c], seed), ratio_interval(per_seq[:, l, hd, c, 0], per_seq[:, l, hd, c, 2], seed)
+            rows.append({"layer": l, "head": hd, "n": n, "score": h["score"], "score_lo": sc["lo"], "score_hi": sc["hi"],
+                         "baseline": h["baseline"], "exact": summ["exact"][l, hd, c].item(),
+                         "exact_uniform": summ["exact_uniform"][l, hd, c].item(), "longer_share": ci["share"],
+                         "lo": ci["lo"], "hi": ci["hi"], "longer_share_uniform": summ["longer_share_uniform"][l, hd, c].item(),
+                         "contested_queries": int(summ["contested_queries"][l, hd, c]), "n_seqs": ci["n_seqs"]})
+        top[str(n)] = rows
+    return {"exact_scores": summ["exact"].round(decimals=STORED_DECIMALS), "longer_share": summ["longer_share"].round(decimals=STORED_DECIMALS),
+            "top": top}
 
 # %% ../nbs/11a_ngram_heads.ipynb #c005
 def icll_metric(rows: list[dict], letter_ids, kind: str = "error") -> Callable:
@@ -189,10 +235,11 @@ def icll_transformer_heads(icfg: ICLLModelsConfig, data: dict, ns, causal: Ngram
     net, perf = _fit(icfg, data, "transformer")
     test = data["splits"]["test"]
     enc = encode_instances([r["text"] for r in test], icll_tokenizer(), max(len(r["text"]) for r in test))
-    s = ngram_scan(net, enc["tokens"], ns, icfg.eval_batch_size, enc["attention_mask"], desc="icll-transformer")
+    s, ex = ngram_scan_exact(net, enc["tokens"], ns, icfg.eval_batch_size, enc["attention_mask"], desc="icll-transformer")
     label = (f"icll-transformer-n{max(icfg.train_sizes)} ({icll_preset_name(icfg)}: d_model {icfg.d_model}, "
              f"{icfg.n_layers} layers x {icfg.n_heads} heads, {icfg.train.steps} steps)")
-    out = dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf)
+    out = dict(model=label, scores=s[..., 0], baselines=s[..., 1], top=rank_heads_by_n(s, ns), n_instances=len(test), **perf,
+               exact=exact_match_metrics(s, ex, ns, top_k=None, seed=icfg.seed))
     if causal is not None:
         heads = top_heads(s[:, :, list(ns).index(causal.n), 0], causal.k_trained)
         out["causal"] = dict(icll_ablation(net, [net.encode(r["text"]) for r in test], test, net.encode(LETTERS), heads, causal.draws,
@@ -235,6 +282,10 @@ class NgramResult(Result):
             for n in m["ns"]:
                 h = m["top"][d][str(n)][0]
                 rows.append([f"{d} n={n}: best head", f"L{h['layer']}H{h['head']} {h['score']:.3f} (uniform {h['baseline']:.3f})"])
+            for n in m["ns"] if "exact" in m else []:
+                e, f = m["exact"][d]["top"][str(n)][0], lambda v: "n/a" if v is None or v != v else f"{v:.3f}"   # NaN is null in JSON
+                rows.append([f"{d} n={n}: its share on matches longer than n", f"{f(e['longer_share'])} [{f(e['lo'])}, {f(e['hi'])}] "
+                             f"(uniform {f(e['longer_share_uniform'])}; {e['contested_queries']} queries, {e['n_seqs']} seqs)"])
         if m.get("trained"):
             tr = m["trained"]
             rows.append([f"{tr['model']} icll accuracy", f"{tr['accuracy']:.3f}"])
@@ -260,14 +311,14 @@ def run_ngram(model: LabModel, cfg: NgramConfig | None = None) -> NgramResult:
     rows = regbench_instances(cfg.n_seqs, cfg.seq_tokens, cfg.seed, cfg.preset)
     stimuli = {"dfa": spaced_symbol_ids(model, [r["text"] for r in rows]),
                "words": repeated_word_sequences(model, cfg.n_seqs, cfg.word_half_len, cfg.word_pool, gen)}
-    scores, top = {}, {}
+    scores, top, exact = {}, {}, {}
     for d, toks in stimuli.items():
-        s = ngram_scan(model, toks, cfg.ns, cfg.batch_size, desc=d)
-        scores[d], top[d] = s[..., 0], rank_heads_by_n(s, cfg.ns)
+        s, ex = ngram_scan_exact(model, toks, cfg.ns, cfg.batch_size, desc=d)
+        scores[d], top[d], exact[d] = s[..., 0], rank_heads_by_n(s, cfg.ns), exact_match_metrics(s, ex, cfg.ns, cfg.top_k, cfg.seed)
     metrics = {"ns": list(cfg.ns), "heads": [h for n in cfg.ns for h in top["dfa"][str(n)]],
                "heads_words": [h for n in cfg.ns for h in top["words"][str(n)][:cfg.top_k]],
                "top": {d: {n: v[:cfg.top_k] for n, v in t.items()} for d, t in top.items()}, "scores": scores,
-               "ngram_layer": {}, "n_seqs": cfg.n_seqs}
+               "ngram_layer": {}, "n_seqs": cfg.n_seqs, "exact": exact}
     if (c := cfg.causal) is not None:
         heads = top_heads(scores["dfa"][:, :, cfg.ns.index(c.n)], c.k)
         ab = icll_ablation(model, stimuli["dfa"], rows, spaced_symbol_ids(model, [LETTERS])[0], heads, c.draws, c.metric, cfg.seed, cfg.batch_size)

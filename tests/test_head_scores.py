@@ -6,8 +6,8 @@ import torch
 
 from seqlab.archs import CharTokenizer, Transformer, TransformerConfig
 from seqlab.core import BadInput
-from seqlab.head_scores import (induction_scores, ngram_head_scores, pattern_scores, prev_token_scores, repeated_random_tokens,
-                                top_heads)
+from seqlab.head_scores import (induction_scores, ngram_exact_scores, ngram_exact_summary, ngram_head_scores, pattern_scores,
+                                prev_token_scores, repeated_random_tokens, top_heads)
 from seqlab.heads import InductionConfig, run_induction
 from seqlab.zoo import as_lab_model
 
@@ -60,3 +60,48 @@ def test_repeated_random_tokens_copy_and_refuse():
     t = repeated_random_tokens(m, 4, 5, torch.Generator().manual_seed(0))
     assert t.shape == (4, 11) and (t[:, 0] == m.bos_token_id).all() and torch.equal(t[:, 1:6], t[:, 6:])
     with pytest.raises(BadInput, match="seq_len >= 2"): repeated_random_tokens(m, 1, 1, torch.Generator())
+
+
+def _longest_match_pattern(tokens, max_n):
+    "Attend, at every query, uniformly to the keys with the longest match (up to max_n tokens); to itself where nothing matches."
+    from seqlab.archs import ngram_match
+    T = tokens.shape[1]
+    pat = torch.zeros(1, 1, T, T)
+    Ms = [ngram_match(tokens, n) > 0 for n in range(1, max_n + 1)]
+    for i in range(T):
+        best = next((M[0, i] for M in reversed(Ms) if M[0, i].any()), None)
+        if best is None: pat[0, 0, i, i] = 1
+        else: pat[0, 0, i] = best.float() / best.sum()
+    return pat
+
+
+def test_exact_n_scores_on_a_hand_built_sequence():
+    # b d x a d y a d: at the last d (after a) the key after "a d" matches 2 tokens, the key after "b d" exactly 1
+    seq = torch.tensor([[0, 1, 2, 3, 1, 4, 3, 1]])
+    pat = torch.zeros(1, 3, 8, 8)
+    for i in range(8):
+        pat[0, 2, i, :i + 1] = 1 / (i + 1)                                     # uniform
+        if i not in (4, 6, 7): pat[0, :2, i, i] = 1
+    for i, (longest, first) in {4: (2, 2), 6: (4, 4), 7: (5, 2)}.items():
+        pat[0, 0, i, longest] = 1; pat[0, 1, i, first] = 1
+    s = ngram_exact_summary(ngram_exact_scores(pat, seq, ns=(1, 2))[0])     # [head, n]
+    assert s["exact_queries"][:, 0].tolist() == [3.0] * 3 and s["contested_queries"][:, 0].tolist() == [1.0] * 3
+    torch.testing.assert_close(s["exact"][:, 0], torch.tensor([2 / 3, 1.0, (1 / 5 + 1 / 7 + 1 / 8) / 3]))
+    torch.testing.assert_close(s["longer_share"][:, 0], torch.tensor([1.0, 0.0, 0.5]))
+    assert s["exact_queries"][:, 1].tolist() == [1.0] * 3                    # only query 7 has a key matching exactly 2 ("a d")
+    assert s["contested_queries"][:, 1].tolist() == [0.0] * 3 and s["longer_share"][:, 1].isnan().all()
+    # the old score cannot tell heads 0 and 1 apart at n = 1: both put all their attention on M_1
+    r = ngram_head_scores(pat, seq, ns=(1,))[0, :2, 0]
+    torch.testing.assert_close(r[:, 0] / r[:, 2], torch.ones(2))
+
+
+def test_exact_n_scores_separate_longest_match_from_uniform_on_random_tokens():
+    toks = torch.randint(0, 3, (1, 60), generator=torch.Generator().manual_seed(0))   # 3 symbols: many nested matches
+    ns = (1, 2, 3)
+    oracle = ngram_exact_summary(ngram_exact_scores(_longest_match_pattern(toks, 4), toks, ns)[0, 0])
+    assert (oracle["contested_queries"] > 5).all()
+    torch.testing.assert_close(oracle["longer_share"], torch.ones(3))        # never attends to a shorter match when a longer exists
+    assert (oracle["longer_share_uniform"] < 0.8).all()
+    uni = torch.tril(torch.ones(60, 60)) / torch.arange(1, 61)[:, None]
+    u = ngram_exact_summary(ngram_exact_scores(uni[None, None], toks, ns)[0, 0])
+    torch.testing.assert_close(u["exact"], u["exact_uniform"]); torch.testing.assert_close(u["longer_share"], u["longer_share_uniform"])

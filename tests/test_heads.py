@@ -6,7 +6,8 @@ import torch
 
 from seqlab.capture import capture
 from seqlab.core import BadInput, get_probe
-from seqlab.heads import (SENTENCE_TEMPLATES, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, ordinal_tasks, ov_outputs,
+from seqlab.heads import (SENTENCE_TEMPLATES, SuccessorConfig, extended_embeddings, folded_unembed, head_inputs, mod10_probe, ordinal_tasks,
+                          ov_outputs, wilson_interval,
                           ov_pairs_for_ids, roman_numerals, run_successor, shift_model, stacked_ov, succession_pairs, succession_sentences,
                           succession_scores)
 from seqlab.viz import figure
@@ -50,6 +51,34 @@ def test_gqa_accessors_agree_with_brute_force_forward(smol):
     torch.testing.assert_close(per_head.sum(1), c[names[4]][0], atol=1e-4, rtol=1e-4)
 
 
+def _tasks_1_to_20(n_tasks=3):
+    idx = torch.arange(20 * n_tasks) % 20 + 1
+    return idx, [t for t in "abcdefgh"[:n_tasks] for _ in range(20)]
+
+
+def test_mod10_above_10_reads_a_shared_residue_code():
+    idx, grp = _tasks_1_to_20()
+    x = torch.nn.functional.one_hot(idx % 10, 10).float() + 0.1 * torch.randn(len(idx), 10, generator=torch.Generator().manual_seed(1))
+    r = mod10_probe(x, idx, grp, steps=150)
+    for key in ("above_10", "above_10_from_below"):
+        a = r[key]
+        assert a["n"] == 30 and a["accuracy"] >= 0.9 and a["lo"] > 0.7 and a["chance"] == 0.1
+        assert set(a["per_task"]) == {"a", "b", "c"} and all(v["n"] == 10 for v in a["per_task"].values())
+
+
+def test_mod10_above_10_is_chance_for_a_code_that_only_names_the_index():
+    # every index 1..20 has its own shared direction and there is no residue feature: the usual leave-one-task-out probe
+    # passes (it learns 13 -> 3 from the other tasks' 13s); the probe that never saw an index above 10 cannot
+    idx, grp = _tasks_1_to_20()
+    x = torch.nn.functional.one_hot(idx - 1, 20).float() + 0.1 * torch.randn(len(idx), 20, generator=torch.Generator().manual_seed(2))
+    r = mod10_probe(x, idx, grp, steps=150)
+    assert r["mean_accuracy"] > 0.9 and r["above_10"]["accuracy"] > 0.9
+    strict = r["above_10_from_below"]
+    assert strict["n"] == 30 and strict["accuracy"] < 0.3 and strict["lo"] < 0.1 < strict["hi"]
+    # and the residue of tokens at or below 10 is the index itself: a small-index-only code also gives a perfect usual score there
+    assert wilson_interval(0, 30)[1] < 0.12 and wilson_interval(30, 30)[0] > 0.88
+
+
 def test_roman_numerals_increase_and_tasks_have_288_reference_pairs():
     r = roman_numerals(20)
     assert r[16:19] == ["XVII", "XVIII", "XIX"] and len(set(r)) == 20
@@ -89,6 +118,8 @@ def test_successor_probe_on_embedded_model(smol):
     assert m["heads"][0]["score"] > 2 * m["chance_pooled"]
     assert m["ablation"]["best"] > m["ablation"]["random"]
     assert set(m) >= {"heads", "n_pairs", "dropped_pairs", "per_task", "mod10", "arithmetic_success", "ablation"}
+    above = m["mod10"]["above_10"]                        # letters K..Z, number words eleven..twenty, November/December, XI..
+    assert above["n"] > 50 and above["lo"] <= above["accuracy"] <= above["hi"] and {"letters", "number_words"} <= set(above["per_task"])
     c = m["causal"]                                       # mean-ablating L23H3 vs random single heads from any layer
     assert set(c) == {"comma_lists", "sentences"} and c["sentences"]["dropped"] == 0
     assert c["comma_lists"]["heads"] == [[m["best"]["layer"], m["best"]["head"]]] and c["sentences"]["random"]["draws"] == 4

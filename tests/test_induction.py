@@ -20,6 +20,9 @@ def test_induction_heads_found_and_second_copy_is_easy(smol):
     assert [tuple(h) for h in c["heads"]] == [(t["layer"], t["head"]) for t in m["top_heads"][:5]]
     assert c["exceeds"] == 0 and c["effect"]["lo"] > 2 * c["random"]["hi"] > 0
     assert c["random"]["draws"] == 10 and len({l for draw in c["random"]["heads"] for l, _ in draw}) > 2   # from many layers
+    iv = m["intervals"]                                 # bootstrap over the 8 sequences: the copies differ by far more than the interval
+    assert iv["loss_second_copy"]["hi"] < iv["loss_first_copy"]["lo"] and iv["top_heads"][0]["lo"] > 0.5 and iv["top_heads"][0]["n"] == 8
+    assert abs(iv["loss_first_copy"]["mean"] - m["loss_first_copy"]) < 1e-4
     fig = figure(res)                                   # the view draws both grids, layer x head
     assert [tuple(t.z.shape) for t in fig.data if t.type == "heatmap"] == [(30, 9), (30, 9)]
 

@@ -8,8 +8,8 @@ import torch
 from seqlab.archs import CharTokenizer, Transformer, TransformerConfig
 from seqlab.core import BadInput, get_probe
 from seqlab.head_scores import ngram_head_scores
-from seqlab.ngram_heads import (NgramCausalConfig, NgramConfig, icll_ablation, icll_preset_name, icll_transformer_heads, ngram_scan,
-                                regbench_instances, run_ngram)
+from seqlab.ngram_heads import (NgramCausalConfig, NgramConfig, exact_match_metrics, icll_ablation, icll_preset_name, icll_transformer_heads,
+                                ngram_scan, ngram_scan_exact, regbench_instances, run_ngram)
 from seqlab.regbench import LETTERS, SEP, ICLLModelsConfig, RegbenchConfig, icll_data
 from seqlab.train import TrainConfig
 from seqlab.viz import figure
@@ -46,6 +46,9 @@ def test_ngram_probe_on_embedded_model(smol):
     assert len(m["heads"]) == 3 * 270 and {"layer", "head", "n", "score"} <= set(m["heads"][0])
     best = m["top"]["words"]["1"][0]
     assert best["score"] > 0.5 and best["score"] > 3 * best["baseline"]   # induction-like heads exist on repeated words
+    ex = m["exact"]["words"]["top"]["1"][0]                          # the top n=1 head follows the longest match, not any match
+    assert ex["contested_queries"] > 0 and ex["longer_share"] > ex["longer_share_uniform"] + 0.2 and ex["lo"] <= ex["longer_share"] <= ex["hi"]
+    assert torch.tensor(m["exact"]["dfa"]["longer_share"]).shape == (30, 9, 3)
     assert m["ngram_layer"] == {} and "trained" not in m             # icll models skipped when asked
     assert any("not measured" in str(r[1]) for r in res.summary())
     assert figure(res).data
@@ -107,3 +110,21 @@ def test_trained_transformer_gets_its_causal_entry():
     assert all(len(d) == 1 and d[0] != c["heads"][0] for d in c["random"]["heads"])   # single heads of the other three
     best = tr["top"]["2"][0]
     assert c["heads"] == [[best["layer"], best["head"]]]
+
+
+def test_exact_match_scores_of_a_uniform_head_are_its_baselines_through_capture():
+    # the copier's L0H0 attends uniformly to the prefix: on every n its exactly-n score and its longer-match share are the uniform ones
+    m = copier(LETTERS + SEP)
+    rows = regbench_instances(3, 40, seed=3)
+    toks = torch.tensor([m.encode(r["text"]) for r in rows])
+    padded = torch.cat([toks, torch.full((3, 5), m.tokenizer.pad_token_id)], 1)
+    mask = torch.cat([torch.ones_like(toks), torch.zeros(3, 5, dtype=torch.long)], 1)
+    s, ex = ngram_scan_exact(m, padded, (1, 2), batch_size=2, attention_mask=mask)
+    em = exact_match_metrics(s, ex, (1, 2), top_k=None)
+    l0h0 = [r for r in em["top"]["1"] + em["top"]["2"] if (r["layer"], r["head"]) == (0, 0)]
+    assert len(l0h0) == 2 and all(r["contested_queries"] > 10 for r in l0h0)
+    for r in l0h0:
+        assert abs(r["exact"] - r["exact_uniform"]) < 1e-4 and abs(r["longer_share"] - r["longer_share_uniform"]) < 1e-4
+        assert r["lo"] <= r["longer_share"] <= r["hi"] and r["n_seqs"] == 3
+    torch.testing.assert_close(ex, ngram_scan_exact(m, toks, (1, 2), batch_size=3)[1])   # padding and batching change nothing
+    assert all(r["score_lo"] <= r["score"] <= r["score_hi"] for r in l0h0)
