@@ -20,12 +20,12 @@ from .archs import Transformer, TransformerConfig
 from .train import TrainConfig, trained
 
 # %% auto #0
-__all__ = ['KNN_NEIGHBORS', 'HISTORY_EVERY', 'TRAIN_THREADS', 'LSA_HISTORY_POINTS', 'X_SCALE', 'LSA_SEED_OFFSET',
-           'RegressionConfig', 'sample_regression', 'least_squares_predictions', 'ridge_predictions',
+__all__ = ['KNN_NEIGHBORS', 'HISTORY_EVERY', 'TRAIN_THREADS', 'CURVE_SEED_OFFSET', 'LSA_HISTORY_POINTS', 'X_SCALE',
+           'LSA_SEED_OFFSET', 'RegressionConfig', 'sample_regression', 'least_squares_predictions', 'ridge_predictions',
            'averaging_predictions', 'knn_predictions', 'error_curve', 'bootstrap_band', 'interleave',
            'InContextRegressor', 'train_regressor', 'lsa_predict', 'lsa_init', 'lsa_gamma', 'train_lsa',
-           'skewed_covariance', 'all_predictions', 'error_curves', 'lsa_gaps', 'shift_errors', 'RegressionResult',
-           'run_icl_regression']
+           'skewed_covariance', 'lsa_closed_form', 'lsa_curve', 'all_predictions', 'error_curves', 'lsa_gaps',
+           'shift_errors', 'lsa_skewed', 'RegressionResult', 'run_icl_regression']
 
 # %% ../nbs/10_icl_regression.ipynb #c043
 def _garg_backbone() -> TransformerConfig:
@@ -58,6 +58,9 @@ class RegressionConfig:
     lsa_batch: int = 2048
     lsa_sigma: float = 0.1             # ZFB's initialisation scale sigma (small, as their theorem assumes)
     shift_decay: float = 1.0           # skewed covariance: eigenvalues proportional to 1/i^shift_decay, trace d
+    lsa_cov_decay: float = 0.0         # > 0: also train an LSA layer on x ~ N(0, Λ), Λ skewed with this decay (0: Λ = I only)
+    curve_prompts: int = 256           # held-out full-task prompts scored every train.eval_every steps (the learning curve)
+    train_device: str = "cpu"          # where the Transformer trains ("cuda" on a GPU); every evaluation runs on the CPU
     progress: bool = True
     seed: int = 0
 
@@ -71,6 +74,8 @@ class RegressionConfig:
         if isinstance(self.backbone, dict): self.backbone = TransformerConfig(**self.backbone)   # read back from JSON
         if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
         if self.d < 1 or self.n_points < 2: raise BadInput(f"Need d >= 1 and n_points >= 2, got d={self.d}, n_points={self.n_points}.")
+        if self.lsa_cov_decay < 0 or self.curve_prompts < 1:
+            raise BadInput(f"Need lsa_cov_decay >= 0 (0: isotropic) and curve_prompts >= 1, got {self.lsa_cov_decay}, {self.curve_prompts}.")
         if self.curriculum_every and not (1 <= self.curriculum_d_start <= self.d and 1 <= self.curriculum_points_start <= self.n_points):
             raise BadInput(f"The curriculum must start within the task: d_start {self.curriculum_d_start} <= d {self.d}, "
                            f"points_start {self.curriculum_points_start} <= n_points {self.n_points}.")
@@ -160,6 +165,7 @@ class InContextRegressor(nn.Module):
 # %% ../nbs/10_icl_regression.ipynb #c106
 HISTORY_EVERY = 50     # steps between the training-history rows the result keeps (and the last step)
 TRAIN_THREADS = 1      # tiny models gain nothing from more CPU threads, and lose many-fold when other jobs share the cores
+CURVE_SEED_OFFSET = 10_000   # the learning curve's held-out prompts are seeded seed + this, apart from every other stream
 
 def _curriculum(step: int, cfg: RegressionConfig) -> tuple[int, int]:
     "Garg's curriculum: the active dimension and the number of points at `step`."
@@ -167,26 +173,42 @@ def _curriculum(step: int, cfg: RegressionConfig) -> tuple[int, int]:
     inc = step // cfg.curriculum_every
     return min(cfg.d, cfg.curriculum_d_start + inc), min(cfg.n_points, cfg.curriculum_points_start + 2 * inc)
 
-def train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list[dict]]:
-    "Train (or load from the cache) the in-context regressor; its history every `HISTORY_EVERY` steps."
+def _squared_error(model, batch): return F.mse_loss(model(batch["xs"], batch["ys"]), batch["ys"])
+
+def _learning_curve(rows: list[dict], xs: Tensor, ys: Tensor, d: int) -> dict:
+    "Held-out error (squared error / d, mean over all k) at each evaluation, and the same number for least squares and averaging."
+    mean_err = lambda preds: float(error_curve(preds, ys, d).mean())
+    return {"step": [r["step"] for r in rows if "eval_loss" in r], "transformer": [r["eval_loss"] / d for r in rows if "eval_loss" in r],
+            "least_squares": mean_err(least_squares_predictions(xs, ys)), "averaging": mean_err(averaging_predictions(xs, ys))}
+
+def train_regressor(cfg: RegressionConfig) -> tuple[InContextRegressor, list[dict], dict | None]:
+    """Train (or load from the cache) the in-context regressor: (model, its history every `HISTORY_EVERY` steps, its
+    learning curve on `curve_prompts` held-out full-task prompts every `train.eval_every` steps, or None when that is 0)."""
     g = torch.Generator().manual_seed(cfg.seed)
     def data(step):     # one stream of prompts drawn in step order
         d_act, pts = _curriculum(step, cfg)
         xs, ys, _ = sample_regression(cfg.batch_size, pts, cfg.d, g, d_active=d_act)
         return {"xs": xs, "ys": ys}
-    def squared_error(model, batch): return F.mse_loss(model(batch["xs"], batch["ys"]), batch["ys"])
+    held_out = None
+    if cfg.train.eval_every:
+        xs, ys, _ = sample_regression(cfg.curve_prompts, cfg.n_points, cfg.d, torch.Generator().manual_seed(cfg.seed + CURVE_SEED_OFFSET))
+        held_out = [{"xs": xs, "ys": ys}]
     task = {"d": cfg.d, "n_points": cfg.n_points, "backbone": dataclasses.asdict(cfg.backbone), "batch_size": cfg.batch_size,
             "curriculum": [cfg.curriculum_d_start, cfg.curriculum_points_start, cfg.curriculum_every]}
-    # on the CPU, where the probe evaluates it
+    if held_out: task["curve_prompts"] = cfg.curve_prompts
+    if cfg.train_device != "cpu": task["train_device"] = cfg.train_device      # CPU keys stay as they were
     net, rows = trained(lambda: InContextRegressor(cfg.d, cfg.backbone), data, cfg.train, "icl-regression", task,
-                        loss_fn=squared_error, threads=TRAIN_THREADS, device="cpu")
+                        loss_fn=_squared_error, eval_data=held_out, threads=TRAIN_THREADS, device=cfg.train_device)
+    net = net.cpu()                             # evaluated on the CPU, with the baselines
     history = []
     for row in rows:
+        if "loss" not in row: continue          # the held-out rows go to the learning curve
         step = row["step"] - 1
         if step % HISTORY_EVERY == 0 or step == cfg.train.steps - 1:
             d_act, pts = _curriculum(step, cfg)
             history.append({"step": step, "loss": row["loss"] / d_act, "d": d_act, "points": pts})
-    return net, history
+    curve = _learning_curve(rows, held_out[0]["xs"], held_out[0]["ys"], cfg.d) if held_out else None
+    return net, history, curve
 
 # %% ../nbs/10_icl_regression.ipynb #c050
 LSA_HISTORY_POINTS = 50   # gap-history rows of an LSA run (plus the last step)
@@ -239,17 +261,24 @@ def skewed_covariance(d: int, decay: float, generator: torch.Generator) -> Float
     return U @ torch.diag(lam) @ U.T
 
 # %% ../nbs/10_icl_regression.ipynb #c111
+def lsa_closed_form(cov: Tensor, N: int) -> tuple[Tensor, Tensor]:
+    "ZFB's global minimum for covariance `cov` and N examples as LSA weights: c = 1 and K = (Gamma^-1)^T."
+    d = cov.shape[0]
+    W_KQ = torch.zeros(d + 1, d + 1); W_KQ[:d, :d] = torch.linalg.inv(lsa_gamma(cov, N)).T
+    W_PV = torch.zeros(d + 1, d + 1); W_PV[-1, -1] = 1.0
+    return W_PV, W_KQ
+
+def lsa_curve(W_PV, W_KQ, xs, ys) -> Float[Tensor, "n pts"]:
+    "The LSA layer's prediction for point k from points 0..k-1, for every k."
+    return torch.stack([lsa_predict(W_PV, W_KQ, xs[:, :k], ys[:, :k], xs[:, k]) for k in range(xs.shape[1])], 1)
+
 def all_predictions(xs, ys, model, lsa: dict, ridge_lambda: float, cov: Tensor) -> dict[str, Tensor]:
     "Predictions at every k of the Transformer, the baselines, the trained LSA layer and the closed form for `cov`."
     N = xs.shape[1]
     with torch.no_grad(): pred_tf = model(xs, ys)
-    def lsa_curve(W_PV, W_KQ): return torch.stack([lsa_predict(W_PV, W_KQ, xs[:, :k], ys[:, :k], xs[:, k]) for k in range(N)], 1)
-    d = xs.shape[-1]
-    closed_KQ = torch.zeros(d + 1, d + 1); closed_KQ[:d, :d] = torch.linalg.inv(lsa_gamma(cov, N - 1)).T
-    closed_PV = torch.zeros(d + 1, d + 1); closed_PV[-1, -1] = 1.0
     return {"transformer": pred_tf, "least_squares": least_squares_predictions(xs, ys), "ridge": ridge_predictions(xs, ys, ridge_lambda),
             f"{KNN_NEIGHBORS}nn": knn_predictions(xs, ys, KNN_NEIGHBORS), "averaging": averaging_predictions(xs, ys),
-            "lsa": lsa_curve(lsa["W_PV"], lsa["W_KQ"]), "lsa_closed_form": lsa_curve(closed_PV, closed_KQ)}
+            "lsa": lsa_curve(lsa["W_PV"], lsa["W_KQ"], xs, ys), "lsa_closed_form": lsa_curve(*lsa_closed_form(cov, N - 1), xs, ys)}
 
 def error_curves(preds: dict, ys: Tensor, cfg: RegressionConfig, generator: torch.Generator) -> dict:
     "Error vs k of every predictor, with its bootstrap band."
@@ -285,6 +314,27 @@ def shift_errors(net, lsa: dict, xs: Tensor, ys: Tensor, preds: dict, cfg: Regre
     return {"in_distribution": _last_errors(preds, ys, d), "shift": skewed,
             "shift_detail": {"skewed": skewed, f"x_scale_{X_SCALE}": scaled}}
 
+# %% ../nbs/10_icl_regression.ipynb #c005
+def lsa_skewed(cfg: RegressionConfig, generator: torch.Generator) -> dict:
+    """ZFB with a non-isotropic input covariance: the LSA layer trained on x ~ N(0, Λ) (Λ skewed with `lsa_cov_decay`), against
+    the closed form for Λ and the isotropic one (the closed form for Λ = I: the wrong Λ), in weights and in predictions on fresh Λ prompts."""
+    d, N, eye = cfg.d, cfg.n_points - 1, torch.eye(cfg.d)
+    cov = skewed_covariance(d, cfg.lsa_cov_decay, generator)
+    with limit_threads(TRAIN_THREADS):
+        lsa = train_lsa(d, N, cfg.lsa_steps, cfg.lsa_lr, cfg.lsa_batch, cfg.lsa_sigma, generator, cov=cov)
+    xs, ys, _ = sample_regression(cfg.n_eval, cfg.n_points, d, generator, cov=cov)
+    preds = {"lsa": lsa_curve(lsa["W_PV"], lsa["W_KQ"], xs, ys), "lsa_closed_form": lsa_curve(*lsa_closed_form(cov, N), xs, ys),
+             "lsa_isotropic_form": lsa_curve(*lsa_closed_form(eye, N), xs, ys), "least_squares": least_squares_predictions(xs, ys)}
+    right = lsa_gaps(lsa, preds, cov, N)
+    wrong = lsa_gaps(lsa, {**preds, "lsa_closed_form": preds["lsa_isotropic_form"]}, eye, N)
+    target, iso = (torch.linalg.inv(lsa_gamma(c, N)) for c in (cov, eye))
+    return {"decay": cfg.lsa_cov_decay, "eigenvalues": torch.linalg.eigvalsh(cov).tolist(),
+            "closed_form_gap": right["lsa_closed_form_gap"], "isotropic_form_gap": wrong["lsa_closed_form_gap"],
+            "forms_gap": float((target - iso).norm() / iso.norm()),      # how far apart the two closed forms are
+            "prediction_gap": right["lsa_prediction_gap"], "isotropic_prediction_gap": wrong["lsa_prediction_gap"],
+            "offblock_max": right["lsa_offblock_max"],
+            "error_curve": {n: error_curve(p, ys, d).tolist() for n, p in preds.items()}, "history": lsa["history"]}
+
 # %% ../nbs/10_icl_regression.ipynb #c056
 @dataclasses.dataclass
 class RegressionResult(Result):
@@ -295,6 +345,15 @@ class RegressionResult(Result):
         rows = [[f"{n} error at k={d // 2} / k={d}", f"{c[d // 2]:.3f} / {c[min(d, len(c) - 1)]:.3f}"] for n, c in m["error_curve"].items()]
         rows += [["LSA gap to closed form ‖cKᵀ−Γ⁻¹‖/‖Γ⁻¹‖", round(m["lsa_closed_form_gap"], 4)]]
         rows += [[f"{n} error, skewed Λ′ (last query)", round(v, 4)] for n, v in m["shift"].items()]
+        scaled = m["shift_detail"].get(f"x_scale_{X_SCALE}", {})
+        rows += [[f"{n} error, x scaled by {X_SCALE} (last query, / E y²)", round(v, 4)] for n, v in scaled.items()]
+        if "lsa_skewed" in m:
+            sk = m["lsa_skewed"]
+            rows += [["LSA trained on skewed Λ: gap to Λ's closed form / to Λ = I's", f"{sk['closed_form_gap']:.4f} / {sk['isotropic_form_gap']:.4f}"]]
+        if "learning_curve" in m:
+            lc = m["learning_curve"]
+            rows += [["held-out error (mean over k) at the end: transformer / least squares / averaging",
+                      f"{lc['transformer'][-1]:.3f} / {lc['least_squares']:.3f} / {lc['averaging']:.3f}"]]
         return rows
 
 LSA_SEED_OFFSET = 1   # the LSA and evaluation generator is seeded seed + 1, apart from the training prompts (seed)
@@ -306,7 +365,7 @@ def run_icl_regression(model=None, cfg: RegressionConfig | None = None) -> Regre
     seed_everything(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + LSA_SEED_OFFSET)
     d, N = cfg.d, cfg.n_points - 1
-    net, history = train_regressor(cfg)
+    net, history, curve = train_regressor(cfg)
     with limit_threads(TRAIN_THREADS): lsa = train_lsa(d, N, cfg.lsa_steps, cfg.lsa_lr, cfg.lsa_batch, cfg.lsa_sigma, g)
     eye = torch.eye(d)
     xs, ys, _ = sample_regression(cfg.n_eval, cfg.n_points, d, g)
@@ -314,6 +373,8 @@ def run_icl_regression(model=None, cfg: RegressionConfig | None = None) -> Regre
     metrics = {**error_curves(preds, ys, cfg, g), **lsa_gaps(lsa, preds, eye, N), "lsa_history": lsa["history"],
                **shift_errors(net, lsa, xs, ys, preds, cfg, g), "train_history": history, "d": d, "n_points": cfg.n_points,
                "error_normalisation": "squared error divided by d (x-scale-2 errors also by the 4x larger E y^2)"}
+    if curve is not None: metrics["learning_curve"] = curve
+    if cfg.lsa_cov_decay: metrics["lsa_skewed"] = lsa_skewed(cfg, g)        # drawn last: the other streams stay as they were
     return RegressionResult("icl-regression", "InContextRegressor (trained here)", dataclasses.asdict(cfg), metrics, seed=cfg.seed)
 
 register_probe(Probe("icl-regression", "Does a Transformer trained on prompts of (x, w.x) pairs track least squares in context, and does one linear self-attention layer trained by gradient descent reach the closed-form global minimum?",
