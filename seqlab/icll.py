@@ -20,8 +20,9 @@ from .regbench import (ICLL_ARCHS, LETTERS, SEP, ICLLModelsConfig, icll_data, ic
                        next_letter_truth, score_instances)
 
 # %% auto #0
-__all__ = ['NGRAM_BASELINES', 'ZERO_SHOT_NGRAMS', 'ngram_backoff_dists', 'ICLLConfig', 'zero_shot_ids', 'zero_shot_probs',
-           'baseline_metrics', 'arch_metrics', 'zero_shot_metrics', 'ICLLResult', 'run_icll']
+__all__ = ['NGRAM_BASELINES', 'ZERO_SHOT_NGRAMS', 'SELECTION_METRICS', 'ngram_backoff_dists', 'ICLLConfig', 'zero_shot_ids',
+           'zero_shot_probs', 'baseline_metrics', 'arch_metrics', 'zero_shot_metrics', 'ICLLResult', 'run_icll',
+           'select_on_validation']
 
 # %% ../nbs/10_icll.ipynb #c028
 def ngram_backoff_dists(text: str, n: int) -> Float[Tensor, "pos letter"]:
@@ -131,10 +132,10 @@ def _tvd_between(pa: list[Tensor], pb: list[Tensor], truth: list[tuple]) -> floa
     return float(torch.cat([((a - b).abs().sum(-1) / 2)[sc] for a, b, (_, sc) in zip(pa, pb, truth)]).mean())
 
 def arch_metrics(cfg: ICLLConfig, data: dict, truth: dict[str, list], ngram3: list[Tensor]) -> dict:
-    "Every architecture at every training size, scored on the test split (and the largest size on validation)."
+    "Every architecture at every training size, scored on the test split (and the largest size on the validation split)."
     sp, mc, L = data["splits"], cfg.models, cfg.models.data.max_chars - 1
     texts = {k: [r["text"] for r in v] for k, v in sp.items()}
-    m: dict = {k: {} for k in ("accuracy", "tvd", "l1", "val_accuracy", "accuracy_by_size", "tvd_by_size",
+    m: dict = {k: {} for k in ("accuracy", "tvd", "l1", "val_accuracy", "val_tvd", "accuracy_by_size", "tvd_by_size",
                                "accuracy_by_position", "tvd_to_3gram", "n_params")}
     for name in cfg.archs:
         m["accuracy_by_size"][name], m["tvd_by_size"][name] = [], []
@@ -148,8 +149,9 @@ def arch_metrics(cfg: ICLLConfig, data: dict, truth: dict[str, list], ngram3: li
         m["accuracy_by_position"][name] = agg["accuracy_by_position"]
         m["tvd_to_3gram"][name] = _tvd_between(probs, ngram3, truth["test"])
         m["n_params"][name] = net.meta["n_params"]
-        if mc.n_val:
-            m["val_accuracy"][name] = score_instances(letter_probs(net, texts["val"], mc.eval_batch_size), truth["val"], L)["accuracy"]
+        if mc.n_val:   # held-out automata, disjoint from train and test: what a grid selects on
+            val = score_instances(letter_probs(net, texts["val"], mc.eval_batch_size), truth["val"], L)
+            m["val_accuracy"][name], m["val_tvd"][name] = val["accuracy"], val["tvd"]
     return m
 
 # %% ../nbs/10_icll.ipynb #c109
@@ -200,3 +202,25 @@ def run_icll(model: LabModel | None, cfg: ICLLConfig | None = None) -> ICLLResul
 
 register_probe(Probe("icll", "Can a model infer an unknown regular language from the strings in its prompt and predict valid next symbols, and which architectures manage it?",
                      ICLLConfig, run_icll, ICLLResult, needs="any", page="10_icll"))
+
+# %% ../nbs/10_icll.ipynb #c006
+SELECTION_METRICS = {"accuracy": "max", "tvd": "min"}   # how each score ranks settings on validation
+
+def select_on_validation(intervals, archs: list[str] | None = None, metric: str = "accuracy") -> "pd.DataFrame":
+    """Per architecture: the sweep setting whose mean validation `metric` over seeds is best (the highest accuracy, the
+    lowest TVD), with that setting's validation and test means and intervals. `intervals` is `sweep.interval_table` of a
+    sweep of icll cells (metrics `val_<metric>.<arch>` and `<metric>.<arch>`, one row per setting and metric)."""
+    import pandas as pd
+    if metric not in SELECTION_METRICS: raise BadInput(f"select_on_validation ranks by {sorted(SELECTION_METRICS)}, got {metric!r}.")
+    val_prefix = f"val_{metric}."
+    names = archs or list(dict.fromkeys(m[len(val_prefix):] for m in intervals["metric"] if m.startswith(val_prefix)))
+    if not names: raise BadInput(f"No {val_prefix}* metric in the table: the sweep's cells need a validation split (models.n_val > 0).")
+    rows = []
+    for a in names:
+        val = intervals[intervals["metric"] == val_prefix + a]
+        if val.empty: raise BadInput(f"No validation {metric} for {a!r}; architectures in the table: {names}.")
+        best = val.loc[getattr(val["mean"], "idx" + SELECTION_METRICS[metric])()]
+        test = intervals[(intervals["metric"] == f"{metric}.{a}") & (intervals["setting"] == best["setting"])].iloc[0]
+        rows.append({"arch": a, "setting": best["setting"], "n": int(test["n"]), "val": best["mean"], "val_lo": best["lo"],
+                     "val_hi": best["hi"], "test": test["mean"], "test_lo": test["lo"], "test_hi": test["hi"]})
+    return pd.DataFrame(rows)
