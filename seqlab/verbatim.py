@@ -19,23 +19,23 @@ from torch import Tensor
 from .core import BadInput, Probe, Result, data_dir, limit_threads, register_probe, seed_everything
 from .verbatim_stimuli import (CONDITIONS, LIST_TYPES, N_BASE, N_SHIFTS, PERMUTE_SEED, SCENARIOS, Stimulus, build_base_lists,
                                      derange, load_lists, load_pools, load_vignette, make_stimulus, scramble_words, second_list,
-                                     shifted_list, verbatim_dir)   # the stimuli, in their own module (seqlab.verbatim_stimuli)
+                                     shifted_list, verbatim_dir, CORPUS_LIST_LENGTHS, CORPUS_FILLERS, CORPUS_ARBITRARY_FRAC,
+                                     CORPUS_REPEAT_FRAC, load_corpus_templates, arch_corpus)   # the stimuli, in their own module (seqlab.verbatim_stimuli)
 from .archs import LSTMConfig, TransformerConfig, build_model
-from .train import TrainConfig, batches_from_tokens, checkpoint_path, checkpoint_step, trained
+from .train import STEP_SEED_STRIDE, TrainConfig, batches_from_tokens, checkpoint_path, checkpoint_step, trained
 from .capture import capture, token_surprisal
 from .interventions import LEVEL, N_CONTROL_DRAWS, bootstrap_interval, head_specs, random_heads, run_stacked
 from .head_scores import ngram_head_scores, pattern_scores, repeated_random_tokens, top_heads
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['QUICK_CAUSAL_ITEMS', 'QUICK_CONTROL_DRAWS', 'NATS_DECIMALS', 'GAP_METRIC', 'CORPUS_LIST_LENGTHS', 'CORPUS_FILLERS',
-           'CORPUS_ARBITRARY_FRAC', 'CORPUS_REPEAT_FRAC', 'token_offsets', 'word_pieces', 'word_surprisal',
-           'surprisal_reduce', 'stimulus_pieces', 'score_stimuli', 'repeat_surprisal', 'median_ci',
-           'VerbatimCausalConfig', 'ArchContrastConfig', 'VerbatimConfig', 'grid_stimuli', 'VerbatimResult',
-           'cell_surprisals', 'run', 'pooled_random_tokens', 'ngram_scores', 'causal_head_sets',
+__all__ = ['QUICK_CAUSAL_ITEMS', 'QUICK_CONTROL_DRAWS', 'NATS_DECIMALS', 'GAP_METRIC', 'COPY_SPAN_MIN', 'token_offsets',
+           'word_pieces', 'word_surprisal', 'surprisal_reduce', 'stimulus_pieces', 'score_stimuli', 'repeat_surprisal',
+           'median_ci', 'VerbatimCausalConfig', 'ArchContrastConfig', 'VerbatimConfig', 'grid_stimuli',
+           'VerbatimResult', 'cell_surprisals', 'run', 'pooled_random_tokens', 'ngram_scores', 'causal_head_sets',
            'repeat_surprisal_metric', 'causal_stimuli', 'verbatim_ablation', 'verbatim_causal', 'causal_line',
-           'WordTokenizer', 'load_corpus_templates', 'arch_corpus', 'arch_model_configs', 'arch_tokenizer', 'arch_rows',
-           'corpus_info', 'train_arch_models', 'arch_design', 'architecture_contrast']
+           'WordTokenizer', 'arch_model_configs', 'arch_tokenizer', 'arch_rows', 'repeat_spans', 'corpus_info',
+           'train_arch_models', 'arch_design', 'architecture_contrast']
 
 # %% ../nbs/12_verbatim.ipynb #c017
 def token_offsets(model: LabModel, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -154,6 +154,7 @@ class ArchContrastConfig:
     list_lengths: tuple = (3, 5, 7, 10)
     interveners: tuple = (1, 2)
     n_per_cell: int = 20
+    copy_frac: float = 0.0                        # share of each batch's rows given a repeated span of random tokens (`repeat_spans`); 0: stories only
     threads: int = 1                              # on shared, busy cores one thread trains these tiny models several times faster than two
 
 @dataclass
@@ -172,6 +173,7 @@ class VerbatimConfig:
     skip_first: bool = True                       # exclude the first noun of each list (the reference's rule)
     batch_size: int = 8
     n_boot: int = 10_000                          # bootstrap resamples per interval (the paper's 95% interval of the median)
+    keep_stimuli: bool = True                     # every stimulus's surprisals in the metrics; False keeps the aggregates (small sweep cells)
     architectures: bool = True                    # also train and score the lab's Transformer and LSTM (`arch`)
     arch: ArchContrastConfig = field(default_factory=ArchContrastConfig)
     causal: VerbatimCausalConfig | None = field(default_factory=VerbatimCausalConfig)   # attention models only; None skips it
@@ -273,10 +275,10 @@ def _aggregate(cfg: VerbatimConfig, stimuli: list[Stimulus], scores, iv_tokens: 
             "intervening_tokens": {str(k): iv_tokens[k] for k in cfg.interveners},
             "intervening_tokens_gpt2_reference": {str(k): v for k, v in gpt2_tokens.items() if int(k) in cfg.interveners},
             "n_stimuli": len(stimuli), "n_per_cell": cfg.n_per_cell,
-            "stimuli": [{"list_type": st.list_type, "condition": st.condition, "list_length": st.list_length,
+            **({} if not cfg.keep_stimuli else {"stimuli": [{"list_type": st.list_type, "condition": st.condition, "list_length": st.list_length,
                          "intervening": st.intervening, "scenario": st.scenario, "item": st.item, "repeat_surprisal": r,
                          "first": f.round(NATS_DECIMALS).tolist(), "second": s.round(NATS_DECIMALS).tolist()}
-                        for st, r, (f, s) in zip(stimuli, rs, scores)]}
+                        for st, r, (f, s) in zip(stimuli, rs, scores)]})}
 
 # %% ../nbs/12_verbatim.ipynb #c030
 def run(model: LabModel, cfg: VerbatimConfig | None = None, *, progress: bool = True) -> VerbatimResult:
@@ -445,40 +447,6 @@ class WordTokenizer:
 
 # %% ../nbs/12_verbatim.ipynb #c035
 _ARCH_DATA_VERSION = 1   # bump when arch_corpus, these numbers or corpus_templates.json change: cached models saw the old corpus
-# the corpus design described above (seqlab's own)
-CORPUS_LIST_LENGTHS = (2, 10)    # nouns per story list, both ends included
-CORPUS_FILLERS = (0, 8)          # filler sentences between the two lists, both ends included
-CORPUS_ARBITRARY_FRAC = 0.5      # share of stories whose list comes from the arbitrary pool; the rest use one semantic category
-CORPUS_REPEAT_FRAC = 0.7         # share of stories whose second list repeats the first; the rest get novel nouns
-
-def load_corpus_templates(folder: Path | None = None) -> dict:
-    "Names, story templates and slot fillers of the generated training corpus."
-    return json.loads((Path(folder or verbatim_dir()) / "corpus_templates.json").read_text())
-
-def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = CORPUS_REPEAT_FRAC, templates: dict | None = None,
-                pools: dict | None = None) -> list[str]:
-    "`n_docs` generated stories: a list of nouns, some filler sentences, then the same list (`repeat_frac`) or a novel one."
-    if n_docs < 1: raise BadInput(f"n_docs must be >= 1, got {n_docs}.")
-    if not 0 <= repeat_frac <= 1: raise BadInput(f"repeat_frac must lie in [0, 1], got {repeat_frac}.")
-    T, pools = templates or load_corpus_templates(), pools or load_pools()
-    arb, cats, names = pools["arbitrary"], list(pools["semantic"].values()), list(T["names"])
-    rng = random.Random(seed)
-    def fill(t: str, name: str, nouns: list[str]) -> str:
-        pron = T["names"][name]
-        s = t.format(name=name, name2=rng.choice([n for n in names if n != name]), pron=pron,
-                     pron2={"she": "her", "he": "his"}[pron], what=rng.choice(T["what"]), L=", ".join(nouns),
-                     **{k: rng.choice(v) for k, v in T["slots"].items()})
-        return s[0].upper() + s[1:]
-    docs = []
-    for _ in range(n_docs):
-        name, n = rng.choice(names), rng.randint(*CORPUS_LIST_LENGTHS)
-        nouns = rng.sample(arb, n) if rng.random() < CORPUS_ARBITRARY_FRAC else rng.sample(rng.choice(cats), n)
-        parts = [fill(rng.choice(T["first"]), name, nouns)]
-        parts += [fill(rng.choice(T["filler"]), name, nouns) for _ in range(rng.randint(*CORPUS_FILLERS))]
-        again = nouns if rng.random() < repeat_frac else rng.sample(arb, n)
-        parts.append(fill(rng.choice(T["second"]), name, again))
-        docs.append(" ".join(parts))
-    return docs
 
 # %% ../nbs/12_verbatim.ipynb #c039
 def _lstm_params(d: int, vocab_size: int, n_layers: int) -> int:
@@ -510,6 +478,26 @@ def arch_rows(docs: list[str], tok: WordTokenizer, seq_len: int) -> Int[Tensor, 
     stream = torch.tensor([i for d in docs for i in tok.encode(d)])
     return stream[: len(stream) // seq_len * seq_len].reshape(-1, seq_len)
 
+COPY_SPAN_MIN = 8   # shortest repeated span (tokens); the longest is half a row, and the gap before the repeat varies too
+
+def repeat_spans(rows: Int[Tensor, "row pos"], frac: float, seed: int = 0) -> Int[Tensor, "row pos"]:
+    """`rows` (a batch) with a seeded share `frac` of them given a repeated span: L tokens drawn at random from the batch (the
+    corpus's unigram distribution) are written at position s and again at a later position p (L, s and p drawn per row). Random
+    tokens, because a span of the corpus's own text can be predicted from memory of the corpus, which teaches no copying;
+    a drawn gap, so only content, never a fixed offset, tells where the repeat comes from."""
+    if not 0 <= frac <= 1: raise BadInput(f"copy_frac must lie in [0, 1], got {frac}.")
+    if rows.ndim != 2 or rows.shape[1] < 2 * COPY_SPAN_MIN:
+        raise BadInput(f"repeat_spans needs [row, pos] rows of >= {2 * COPY_SPAN_MIN} tokens, got shape {tuple(rows.shape)}.")
+    g, n = torch.Generator().manual_seed(seed), rows.shape[1]
+    out = rows.clone()
+    for r in (torch.rand(len(rows), generator=g) < frac).nonzero().flatten().tolist():
+        L = int(torch.randint(COPY_SPAN_MIN, n // 2 + 1, (1,), generator=g))
+        s = int(torch.randint(0, n - 2 * L + 1, (1,), generator=g))
+        p = int(torch.randint(s + L, n - L + 1, (1,), generator=g))
+        span = rows.flatten()[torch.randint(0, rows.numel(), (L,), generator=g)]
+        out[r, s:s + L], out[r, p:p + L] = span, span
+    return out
+
 def corpus_info(docs: list[str], tok: WordTokenizer, arch: ArchContrastConfig, vignette: dict | None = None,
                 pools: dict | None = None) -> dict:
     "Size of the corpus and how much of the test's words it covers (a word the models never saw keeps its random embedding)."
@@ -528,9 +516,12 @@ def train_arch_models(cfg: VerbatimConfig, root: Path | None = None, progress: b
     docs = arch_corpus(arch.n_docs, seed=cfg.seed)
     tok = arch_tokenizer(docs)
     data = batches_from_tokens(arch_rows(docs, tok, arch.seq_len), arch.batch_size, seed=cfg.seed)
+    if arch.copy_frac:   # fresh repeated spans in every batch, so no span can be learned by heart
+        stories = data
+        data = lambda step: (b := stories(step)) | {"tokens": repeat_spans(b["tokens"], arch.copy_frac, cfg.seed * STEP_SEED_STRIDE + step)}
     tcfg = dataclasses.replace(arch.train, seed=cfg.seed, progress=progress)
     key = {"n_docs": arch.n_docs, "seq_len": arch.seq_len, "batch_size": arch.batch_size, "data": _ARCH_DATA_VERSION,
-           "vocab": tok.words}   # with the model's and the training config, everything that sets the weights
+           "vocab": tok.words, **({"copy_frac": arch.copy_frac, "copy_spans": "random, per batch"} if arch.copy_frac else {})}   # with the model's and the training config, everything that sets the weights
     models, info = {}, {}
     for name, mcfg in arch_model_configs(arch, tok.vocab_size).items():
         ckpt = f"verbatim-{name.lower()}"

@@ -13,9 +13,10 @@ from pathlib import Path
 from .core import BadInput, data_dir
 
 # %% auto #0
-__all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'verbatim_dir', 'load_pools',
-           'build_base_lists', 'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list',
-           'scramble_words', 'Stimulus', 'make_stimulus']
+__all__ = ['LIST_TYPES', 'CONDITIONS', 'SCENARIOS', 'N_BASE', 'N_SHIFTS', 'PERMUTE_SEED', 'CORPUS_LIST_LENGTHS', 'CORPUS_FILLERS',
+           'CORPUS_ARBITRARY_FRAC', 'CORPUS_REPEAT_FRAC', 'verbatim_dir', 'load_pools', 'build_base_lists',
+           'load_lists', 'load_vignette', 'shifted_list', 'derange', 'second_list', 'scramble_words', 'Stimulus',
+           'make_stimulus', 'load_corpus_templates', 'arch_corpus']
 
 # %% ../nbs/12a_verbatim_stimuli.ipynb #c005
 LIST_TYPES = ("arbitrary", "semantic")
@@ -124,3 +125,39 @@ def make_stimulus(first: list[str], second: list[str], vignette: dict, interveni
     text += middle + vignette["prompt"].format(name=back, pronoun=vignette["pronoun"][back])
     text, s_spans = _append_list(text, second)
     return Stimulus(text, f_spans, s_spans, intervening=intervening, scenario=scenario, list_length=len(first), **meta)
+
+# %% ../nbs/12a_verbatim_stimuli.ipynb #c011
+# the training corpus of the lab models (the verbatim page, 'Architectures side by side'): seqlab's own design
+CORPUS_LIST_LENGTHS = (2, 10)    # nouns per story list, both ends included
+CORPUS_FILLERS = (0, 8)          # filler sentences between the two lists, both ends included
+CORPUS_ARBITRARY_FRAC = 0.5      # share of stories whose list comes from the arbitrary pool; the rest use one semantic category
+CORPUS_REPEAT_FRAC = 0.7         # share of stories whose second list repeats the first; the rest get novel nouns
+
+def load_corpus_templates(folder: Path | None = None) -> dict:
+    "Names, story templates and slot fillers of the generated training corpus."
+    return json.loads((Path(folder or verbatim_dir()) / "corpus_templates.json").read_text())
+
+def arch_corpus(n_docs: int, seed: int = 0, repeat_frac: float = CORPUS_REPEAT_FRAC, templates: dict | None = None,
+                pools: dict | None = None) -> list[str]:
+    "`n_docs` generated stories: a list of nouns, some filler sentences, then the same list (`repeat_frac`) or a novel one."
+    if n_docs < 1: raise BadInput(f"n_docs must be >= 1, got {n_docs}.")
+    if not 0 <= repeat_frac <= 1: raise BadInput(f"repeat_frac must lie in [0, 1], got {repeat_frac}.")
+    T, pools = templates or load_corpus_templates(), pools or load_pools()
+    arb, cats, names = pools["arbitrary"], list(pools["semantic"].values()), list(T["names"])
+    rng = random.Random(seed)
+    def fill(t: str, name: str, nouns: list[str]) -> str:
+        pron = T["names"][name]
+        s = t.format(name=name, name2=rng.choice([n for n in names if n != name]), pron=pron,
+                     pron2={"she": "her", "he": "his"}[pron], what=rng.choice(T["what"]), L=", ".join(nouns),
+                     **{k: rng.choice(v) for k, v in T["slots"].items()})
+        return s[0].upper() + s[1:]
+    docs = []
+    for _ in range(n_docs):
+        name, n = rng.choice(names), rng.randint(*CORPUS_LIST_LENGTHS)
+        nouns = rng.sample(arb, n) if rng.random() < CORPUS_ARBITRARY_FRAC else rng.sample(rng.choice(cats), n)
+        parts = [fill(rng.choice(T["first"]), name, nouns)]
+        parts += [fill(rng.choice(T["filler"]), name, nouns) for _ in range(rng.randint(*CORPUS_FILLERS))]
+        again = nouns if rng.random() < repeat_frac else rng.sample(arb, n)
+        parts.append(fill(rng.choice(T["second"]), name, again))
+        docs.append(" ".join(parts))
+    return docs

@@ -146,8 +146,10 @@ def test_probe_runs_and_repeat_is_cheaper(model):
     res = run(model, cfg, progress=False)
     rs = res.metrics["repeat_surprisal"]["arbitrary"]
     assert set(rs) == set(CONDITIONS) and set(rs["repeat"]) == {"3", "10"}
-    # the paper's ordering at N=10: an exact repeat is far cheaper than novel nouns
-    assert rs["repeat"]["10"]["median"] < rs["control"]["10"]["median"]
+    # the paper's ordering at N=10: repeat < permute < control. Permute below control: the model retrieves which nouns came;
+    # repeat below permute: it retrieves their order too (SmolLM2 at 6 per cell: about 8 / 54 / 97%, gaps of over 40 points)
+    med = {c: rs[c]["10"]["median"] for c in CONDITIONS}
+    assert med["permute"] - med["repeat"] > 15 and med["control"] - med["permute"] > 15, med
     assert set(res.metrics["by_intervening"]) == {str(t) for t in res.metrics["intervening_tokens"].values()}
     assert len(res.metrics["per_position"]["arbitrary"]["repeat"]["second"]) == 10
     assert res.summary() and figure(res).data
@@ -166,6 +168,26 @@ def test_word_tokenizer_and_corpus():
     assert arch_corpus(4, seed=2) == arch_corpus(4, seed=2)
 
 
+def test_repeat_spans():
+    from seqlab.verbatim import COPY_SPAN_MIN, repeat_spans
+    rows = torch.arange(6 * 48).reshape(6, 48) + 2                      # every token distinct, so any repeat was written in
+    assert torch.equal(repeat_spans(rows, 0.0), rows)
+    out = repeat_spans(rows, 1.0, seed=4)
+    assert torch.equal(out, repeat_spans(rows, 1.0, seed=4)) and not torch.equal(out, repeat_spans(rows, 1.0, seed=5))
+    L = COPY_SPAN_MIN
+    for r in out:
+        pairs = [(s, p) for s in range(48 - L) for p in range(s + L, 48 - L + 1) if torch.equal(r[s:s + L], r[p:p + L])]
+        assert pairs                                                     # a span of >= COPY_SPAN_MIN tokens, written twice
+        assert set(r.tolist()) <= set(rows.flatten().tolist())           # drawn from the batch's own tokens
+    starts = {next(i for i, x in enumerate(r.tolist()) if r.tolist().count(x) > 1) for r in out}
+    assert len(starts) > 1                                               # where the span sits varies from row to row
+    half = repeat_spans(torch.arange(400 * 48).reshape(400, 48), 0.5, seed=1)
+    changed = (half != torch.arange(400 * 48).reshape(400, 48)).any(1).float().mean().item()
+    assert 0.4 < changed < 0.6                                          # about the share asked for
+    with pytest.raises(BadInput, match="copy_frac"): repeat_spans(rows, 1.5)
+    with pytest.raises(BadInput, match="rows of >="): repeat_spans(rows[:, :2 * L - 1], 0.5)
+
+
 def test_lab_models_train_cache_and_score(tmp_path):
     from seqlab.verbatim import train_arch_models
     cfg = VerbatimConfig(arch=ArchContrastConfig(n_docs=20, seq_len=32, d_model=16, n_heads=2,
@@ -181,6 +203,30 @@ def test_lab_models_train_cache_and_score(tmp_path):
         assert [tok.words[ids[p[0]]] for p in word_pieces(offs, st.second, st.text)] == nouns[::-1]   # one token per noun
         f, s = score_stimuli(lm, [st])[0]
         assert len(f) == len(s) == 4 and np.isfinite(f).all() and np.isfinite(s).all() and (f > 0).all()
+
+
+def test_trained_lab_models_learn_the_stories_and_that_a_noun_comes_next(tmp_path):
+    # trained in the test (a few seconds): both lab models on the story corpus. What the architecture contrast's models
+    # learn at this scale (see the notebook): the templates, and that a noun comes next. Each must beat its own untrained
+    # copy on the training loss and on the first-list nouns of the test stimuli, where it must also beat a uniform guess
+    # over the vocabulary; a regression in the trainer, the corpus or the tokenizer shows up here.
+    from seqlab.verbatim import train_arch_models
+    def models(steps):
+        cfg = VerbatimConfig(arch=ArchContrastConfig(n_docs=300, seq_len=96, d_model=32, n_heads=2, batch_size=16,
+                                                     train=TrainConfig(steps=steps, lr=1e-2, warmup_frac=0.1, eval_every=0)))
+        return train_arch_models(cfg, root=tmp_path / str(steps))
+    trained_, tok, info = models(150)
+    fresh, _, info0 = models(1)
+    lists = load_lists()["arbitrary"]
+    stims = [make_stimulus(*second_list(lists, it, 5, "control"), load_vignette(), condition="control", item=it) for it in range(0, 230, 23)]
+    uniform = math.log(tok.vocab_size)
+    for arch in ("Transformer", "LSTM"):
+        loss = info[arch]["loss"]
+        assert loss[-1][1] < loss[0][1] - 2, loss[::30]                     # the stories are learnable: the loss falls by > 2 nats
+        noun = lambda lm: np.median([f[1:].mean() for f, _ in score_stimuli(lm, stims)])
+        s_trained, s_fresh = noun(trained_[arch]), noun(fresh[arch])
+        # measured (150 steps, seed 0): the LSTM at 6.49 nats against 6.77 untrained and 6.61 uniform; the Transformer lower still
+        assert s_trained < s_fresh - 0.2 and s_trained < uniform, (arch, s_trained, s_fresh, uniform)
 
 
 # -- the ablation test ------------------------------------------------------------------------------
