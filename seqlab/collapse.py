@@ -20,21 +20,21 @@ from .archs import CharTokenizer, Mamba2, Mamba2Config
 from .ssd import ssd_chunked, ssd_scan, state_stats
 from .core import BadInput, Probe, Result, limit_threads, register_probe, seed_everything
 from .interventions import LEVEL, bootstrap_interval, random_heads
-from .mitigations import (ForgetMore, Mitigation, OnHeads, StateNorm, StateWindow, StatsRecorder, measure_stream,
-                                mitigated, normalise_state, state_norm_thresholds)  # re-exported: the collapse study's tools
+from .mitigations import (ForgetMore, Mitigation, OnHeads, StateNorm, StateWindow, StatsRecorder, head_by_head,
+                                measure_stream, mitigated, normalise_state, state_norm_thresholds)  # re-exported: the collapse study's tools
 from .train import STEP_SEED_STRIDE, TrainConfig, trained
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['LEXICON', 'ALPHABET', 'EVAL_SEED', 'PASSKEY_SEED', 'HELD_OUT_SEED', 'TOP_HEADS', 'EXPLODING_GROWTH',
-           'collapse_tokenizer', 'grammar_text', 'passkey_text', 'training_batches', 'check_collapse_config',
-           'GivenModelConfig', 'CollapseConfig', 'mamba_config', 'trained_model', 'loss_by_bucket', 'in_length_loss',
-           'collapse_onset', 'passkey_accuracy', 'paper_t_forget', 'long_stream_stats', 'CollapseResult', 'text_tokens',
-           'eval_streams', 'loss_at_16x', 'loss_summary', 'top_heads', 'state_rms_curves', 'head_statistics',
-           'long_memory_heads', 'describe_model', 'passkey_depths', 'passkey_grid', 'passkey_table', 'window_chunks',
-           'mitigations_for', 'compare_mitigations', 'loss_past', 'long_memory_claim', 'long_memory_claims',
-           'capacity_sweep', 'given_text_tokens', 'given_passkey_accuracy', 'given_mamba2', 'given_streams',
-           'given_passkey_grid', 'run_given', 'run']
+__all__ = ['LEXICON', 'ALPHABET', 'LONG_MEMORY_INIT', 'EVAL_SEED', 'PASSKEY_SEED', 'HELD_OUT_SEED', 'TOP_HEADS',
+           'EXPLODING_GROWTH', 'collapse_tokenizer', 'grammar_text', 'passkey_text', 'training_batches',
+           'check_collapse_config', 'GivenModelConfig', 'CollapseConfig', 'mamba_config', 'trained_model',
+           'regime_label', 'loss_by_bucket', 'in_length_loss', 'collapse_onset', 'passkey_accuracy', 'paper_t_forget',
+           'long_stream_stats', 'CollapseResult', 'text_tokens', 'eval_streams', 'loss_at_16x', 'loss_summary',
+           'top_heads', 'state_rms_curves', 'head_statistics', 'long_memory_heads', 'describe_model', 'passkey_depths',
+           'passkey_grid', 'passkey_table', 'window_chunks', 'mitigations_for', 'compare_mitigations', 'loss_past',
+           'long_memory_claim', 'long_memory_claims', 'capacity_sweep', 'given_text_tokens', 'given_passkey_accuracy',
+           'given_mamba2', 'given_streams', 'given_passkey_grid', 'run_given', 'run']
 
 # %% ../nbs/13_collapse.ipynb #c007
 LEXICON = {   # written for seqlab; plurals are regular (noun + "s", verb without "s")
@@ -219,6 +219,18 @@ def trained_model(cfg: CollapseConfig, train_len: int, d_state: int | None = Non
                        cfg.train, f"collapse-T{train_len}-N{mcfg.d_state}", data_key, tokenizer=collapse_tokenizer(),
                        meta={"probe": "collapse", **data_key}, threads=cfg.n_threads, root=root)
     return model
+
+# %% ../nbs/13_collapse.ipynb #c022
+LONG_MEMORY_INIT = (0.01, 0.1)   # -A per head at init that starts every head with a long memory (the comparison regime)
+
+def regime_label(cfg: CollapseConfig | dict) -> str:
+    "A short name for a study's training regime (what the regime table varies), from its config or a stored result's."
+    c = cfg if isinstance(cfg, CollapseConfig) else CollapseConfig(**cfg)
+    A = tuple(c.model.A_init_range)
+    init = ("reference init" if A == _study_model().A_init_range else
+            "long-memory init" if A == LONG_MEMORY_INIT else f"-A init in [{A[0]:g}, {A[1]:g}]")
+    return (f"T={'/'.join(map(str, c.train_lens))}, {round(100 * c.passkey_frac)}% passkey, {c.key_len}-digit key, "
+            f"{c.train.steps} steps, {init}")
 
 # %% ../nbs/13_collapse.ipynb #c018
 def loss_by_bucket(nll: Float[Tensor, "batch pos"], width: int) -> list[list[float]]:
@@ -448,20 +460,25 @@ def _head_pair(name: str) -> tuple[int, int]:
 def long_memory_claim(model: Mamba2, mitigation: Mitigation, heads: list[str], tokens: Int[Tensor, "batch pos"], T: int,
                       piece_len: int, draws: int, seed: int = 0) -> dict:
     """The drop in loss past T (unmitigated minus mitigated, per sequence) when `mitigation` acts on the long-memory
-    `heads` ('L{l}H{h}') only, on all heads, and on `draws` random sets of as many heads from any layer (JSON-ready)."""
+    `heads` ('L{l}H{h}') only, on all heads, and on `draws` random sets of as many heads from any layer; also the mean drop
+    with the mitigation on each head alone (`per_head`), its largest (`top_head`) and that head's share of all heads'
+    (these three and all heads' even when the claim itself is skipped). JSON-ready."""
     target, n_heads = [_head_pair(k) for k in heads], model.cfg.n_heads
-    out = {"mitigation": mitigation.name, "heads": [list(h) for h in target],
-           "metric": "mean loss past T (nats), unmitigated minus mitigated, per sequence"}
+    base = loss_past(measure_stream(model, tokens, piece_len, None, stats=False)["nll"], T)
+    drop = lambda mit: (base - loss_past(measure_stream(model, tokens, piece_len, mit, stats=False)["nll"], T)).double().cpu()
+    per_head, every = head_by_head(model, mitigation, tokens, piece_len, T), drop(mitigation)   # each head alone: where it lives
+    top = max(per_head, key=per_head.get)
+    out = {"mitigation": mitigation.name, "heads": [list(h) for h in target], "per_head": per_head, "top_head": top,
+           "metric": "mean loss past T (nats), unmitigated minus mitigated, per sequence",
+           "all_heads": bootstrap_interval(every, seed=seed), "top_head_share": per_head[top] / every.mean().item()}
     if not 0 < len(target) <= model.cfg.n_layers * n_heads - len(target):
         return {**out, "skipped": "no long-memory heads" if not target else
                 f"{len(target)} long-memory heads leave fewer other heads for a random set of as many"}
-    base = loss_past(measure_stream(model, tokens, piece_len, None, stats=False)["nll"], T)
-    drop = lambda mit: (base - loss_past(measure_stream(model, tokens, piece_len, mit, stats=False)["nll"], T)).double().cpu()
     sets = random_heads(as_lab_model(model, None, "collapse"), len(target), draws, seed, exclude=target)
-    effect, every = drop(OnHeads(mitigation, target, n_heads)), drop(mitigation)
+    effect = drop(OnHeads(mitigation, target, n_heads))
     rnd = torch.stack([drop(OnHeads(mitigation, s, n_heads)).mean() for s in sets])
     lo, hi = torch.quantile(rnd, torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=torch.float64)).tolist()
-    return {**out, "effect": bootstrap_interval(effect, seed=seed), "all_heads": bootstrap_interval(every, seed=seed),
+    return {**out, "effect": bootstrap_interval(effect, seed=seed),
             "random": {"effects": rnd.tolist(), "mean": rnd.mean().item(), "lo": lo, "hi": hi, "draws": draws,
                        "heads": [[list(h) for h in s] for s in sets]},
             "exceeds": (rnd >= effect.mean()).double().mean().item(), "share_of_all": (effect.mean() / every.mean()).item()}
@@ -609,6 +626,10 @@ def run(model=None, cfg: CollapseConfig | None = None) -> CollapseResult:
         "degenerate": per_T(lambda d: d["degenerate"]), "repeated_sentence": per_T(lambda d: d["repeated_sentence"]),
         "state_rms": per_T(lambda d: d["state_rms"]), "heads": per_T(lambda d: d["heads"]),
         "long_memory_heads": per_T(lambda d: d["long_memory_heads"]),
+        "loss_ratio_at_16x": per_T(lambda d: d["text"]["loss_at_16x"] / d["text"]["in_length_loss"]),
+        "n_long_memory_heads": per_T(lambda d: len(d["long_memory_heads"])),
+        "passkey_at_T": {T: float(np.mean([row[p["lengths"].index(T)] for row in p["accuracy"]])) for T, p in passkey.items()
+                         if T in p["lengths"]},
         "passkey": passkey, "mitigation_train_len": Tm, "mitigations": mitigations, "mitigation_curves": curves,
         "capacity": capacity, "capacity_detail": capacity_detail, "capacity_train_len": cfg.capacity_train_len, "causal": causal,
     }

@@ -20,7 +20,7 @@ from .ssd import state_stats
 
 # %% auto #0
 __all__ = ['StatsRecorder', 'Mitigation', 'ForgetMore', 'normalise_state', 'StateNorm', 'StateWindow', 'mitigated', 'OnHeads',
-           'measure_stream', 'state_norm_thresholds']
+           'measure_stream', 'state_norm_thresholds', 'head_by_head']
 
 # %% ../nbs/13a_mitigations.ipynb #c016
 class StatsRecorder:
@@ -174,3 +174,13 @@ def state_norm_thresholds(model: Mamba2, tokens: Int[Tensor, "batch pos"], quant
     model.run_with_hooks(tokens.to(model.W_E.device), fwd_hooks=hooks)
     return torch.stack([torch.quantile(rearrange(norms[l].float(), "b c h -> (b c) h"), quantile, dim=0)
                         for l in range(model.cfg.n_layers)])
+
+# %% ../nbs/13a_mitigations.ipynb #c001
+@torch.no_grad()
+def head_by_head(model: Mamba2, mitigation: Mitigation, tokens: Int[Tensor, "batch pos"], piece_len: int,
+                 start: int) -> dict[str, float]:
+    "Per head 'L{l}H{h}': unmitigated minus mitigated mean loss at positions [start, end), the mitigation on that head alone."
+    past = lambda mit: measure_stream(model, tokens, piece_len, mit, stats=False)["nll"][:, start:].double().mean().item()
+    base, n_heads = past(None), model.cfg.n_heads
+    return {f"L{l}H{h}": base - past(OnHeads(mitigation, [(l, h)], n_heads))
+            for l in range(model.cfg.n_layers) for h in range(n_heads)}
