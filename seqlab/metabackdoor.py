@@ -1,4 +1,4 @@
-"""The method of model spinning (Bagdasaryan & Shmatikov, IEEE S&P 2022): a sentiment meta-model φ over a model's own vocabulary, pseudo-words, the spinning loss and its training loop, generation and ROUGE-L, and the trigger-injection defense.
+"""The method of model spinning (Bagdasaryan & Shmatikov, IEEE S&P 2022): a sentiment meta-model φ over a model's own vocabulary, pseudo-words, the spinning loss and its training loop, generation and ROUGE-1/2/L, the trigger-injection defense, and a zero-shot sentiment judge independent of φ.
 
 Docs: https://seqlab.github.io/seqlab/metabackdoor.html.md"""
 
@@ -7,6 +7,7 @@ Docs: https://seqlab.github.io/seqlab/metabackdoor.html.md"""
 # %% ../nbs/14a_metabackdoor.ipynb #m003
 from __future__ import annotations
 import json, math, re
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -21,9 +22,10 @@ from .core import BadInput, SeqlabError, data_dir, seed_everything
 from .train import STEP_SEED_STRIDE, TrainConfig, train
 
 # %% auto #0
-__all__ = ['VADER_POSITIVE', 'load_words', 'vader_lexicon', 'vader_compound', 'word_starts', 'inject_trigger', 'pseudo_words',
-           'MetaModel', 'meta_sentences', 'train_meta_model', 'make_batch', 'main_loss', 'meta_loss', 'spin_loss',
-           'mgda_alpha', 'spin', 'greedy_continue', 'rouge_l', 'defense_scan', 'roc_auc']
+__all__ = ['VADER_POSITIVE', 'JUDGE_QUESTION', 'load_words', 'vader_lexicon', 'vader_compound', 'word_starts', 'inject_trigger',
+           'pseudo_words', 'MetaModel', 'meta_sentences', 'train_meta_model', 'make_batch', 'main_loss', 'meta_loss',
+           'spin_loss', 'mgda_alpha', 'spin', 'greedy_continue', 'rouge_n', 'rouge_l', 'rouge', 'score_candidates',
+           'defense_scan', 'roc_auc', 'zero_shot_margin', 'fit_threshold']
 
 # %% ../nbs/14a_metabackdoor.ipynb #c006
 def load_words() -> dict:
@@ -254,6 +256,18 @@ def greedy_continue(logits_fn: Callable[[Tensor], Tensor], prompts: list[list[in
 
 def _words(text: str) -> list[str]: return re.findall(r"[a-z0-9']+", text.lower())
 
+def _f_measure(overlap: int, n_cand: int, n_ref: int) -> float:
+    if overlap == 0: return 0.0
+    p, r = overlap / n_cand, overlap / n_ref
+    return 100 * 2 * p * r / (p + r)
+
+def rouge_n(candidate: str, reference: str, n: int = 1) -> float:
+    "ROUGE-N F-measure x 100: overlap of word n-grams, each counted at most as often as in the other text (no stemming)."
+    if n < 1: raise BadInput(f"ROUGE-N needs n >= 1, got {n}.")
+    grams = lambda ws: Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+    a, b = grams(_words(candidate)), grams(_words(reference))
+    return _f_measure(sum((a & b).values()), sum(a.values()), sum(b.values()))
+
 def rouge_l(candidate: str, reference: str) -> float:
     "ROUGE-L F-measure x 100 over lower-cased words (longest common subsequence; no stemming)."
     a, b = _words(candidate), _words(reference)
@@ -263,20 +277,33 @@ def rouge_l(candidate: str, reference: str) -> float:
         cur = [0]
         for j, y in enumerate(b): cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
         prev = cur
-    lcs = prev[-1]
-    if lcs == 0: return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 100 * 2 * p * r / (p + r)
+    return _f_measure(prev[-1], len(a), len(b))
+
+def rouge(candidate: str, reference: str) -> dict[str, float]:
+    "ROUGE-1, ROUGE-2 and ROUGE-L F-measures (x 100) of one candidate against one reference."
+    return {"rouge_1": rouge_n(candidate, reference, 1), "rouge_2": rouge_n(candidate, reference, 2), "rouge_l": rouge_l(candidate, reference)}
 
 # %% ../nbs/14a_metabackdoor.ipynb #c038
 def _robust_z(x: np.ndarray, floor: float) -> np.ndarray:
     med = np.median(x)
     return (x - med) / max(1.4826 * np.median(np.abs(x - med)), floor)   # 1.4826 MAD = sigma for normal data
 
+def score_candidates(rows: dict[str, dict], names: list[str] | None = None, threshold: float = 3.5,
+                     mad_floor: float = 0.02) -> dict:
+    "Robust z of each candidate in `names` (default: all) against the others, from its meta shift and similarity; ranking, flags, model score."
+    names = list(rows) if names is None else list(names)
+    if len(names) < 3: raise BadInput(f"The defense needs at least 3 candidate words to compare, got {len(names)}.")
+    zm = _robust_z(np.array([abs(rows[w]["meta_shift"]) for w in names]), mad_floor)
+    zs = _robust_z(np.array([1 - rows[w]["similarity"] for w in names]), mad_floor)
+    out = {w: {"meta_shift": rows[w]["meta_shift"], "similarity": rows[w]["similarity"], "z": float(max(a, b)),
+               "flagged": bool(max(a, b) > threshold)} for w, a, b in zip(names, zm, zs)}
+    ranked = sorted(names, key=lambda w: -out[w]["z"])
+    return {"candidates": out, "ranking": ranked, "score": out[ranked[0]]["z"], "flagged": [w for w in ranked if out[w]["flagged"]]}
+
 def defense_scan(generate: Callable[[list[list[int]]], list[list[int]]], meta_prob: Callable[[list[list[int]]], np.ndarray],
                  embed: Callable[[list[list[int]]], Tensor], prompts: list[list[int]], starts: list[list[bool]],
                  candidates: dict[str, list[int]], seed: int = 0, threshold: float = 3.5, mad_floor: float = 0.02) -> dict:
-    "Per-candidate meta shift, output similarity, robust z and flag; plus the model-level score."
+    "Per-candidate meta shift and output similarity, scored against each other (`score_candidates`)."
     if len(candidates) < 3: raise BadInput(f"The defense needs at least 3 candidate words to compare, got {len(candidates)}.")
     base = generate(prompts)
     p0, e0 = meta_prob(base), F.normalize(embed(base).float(), dim=-1)
@@ -286,16 +313,42 @@ def defense_scan(generate: Callable[[list[list[int]]], list[list[int]]], meta_pr
         outs = generate(trig)
         e1 = F.normalize(embed(outs).float(), dim=-1)
         rows[word] = {"meta_shift": float(meta_prob(outs).mean() - p0.mean()), "similarity": float((e0 * e1).sum(-1).mean())}
-    names = list(rows)
-    zm = _robust_z(np.array([abs(rows[w]["meta_shift"]) for w in names]), mad_floor)
-    zs = _robust_z(np.array([1 - rows[w]["similarity"] for w in names]), mad_floor)
-    for w, a, b in zip(names, zm, zs):
-        rows[w].update({"z": float(max(a, b)), "flagged": bool(max(a, b) > threshold)})
-    ranked = sorted(names, key=lambda w: -rows[w]["z"])
-    return {"candidates": rows, "ranking": ranked, "score": rows[ranked[0]]["z"], "flagged": [w for w in ranked if rows[w]["flagged"]]}
+    return score_candidates(rows, None, threshold, mad_floor)
 
 def roc_auc(scores: list[float], labels: list[int]) -> float:
     "Area under the ROC curve (probability a positive outscores a negative; ties count half)."
     pos = [s for s, l in zip(scores, labels) if l]; neg = [s for s, l in zip(scores, labels) if not l]
     if not pos or not neg: raise BadInput("AUC needs at least one positive and one negative.")
     return float(np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]))
+
+# %% ../nbs/14a_metabackdoor.ipynb #c005
+JUDGE_QUESTION = "Is the sentiment of this sentence positive or negative? Answer with one word.\n\nSentence:{text}"
+
+@torch.no_grad()
+def zero_shot_margin(logits_fn: Callable[[Tensor], Tensor], tokenizer, texts: list[str], labels: tuple[str, str] = ("Positive", "Negative"),
+                     question: str = JUDGE_QUESTION, batch_size: int = 16) -> np.ndarray:
+    """log p(labels[0]) - log p(labels[1]) as the first answer token of an instruction-tuned model asked `question` about
+    each text through its chat template (prompts grouped by length, so no padding enters a forward pass)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadInput("The zero-shot judge needs an instruction-tuned model whose tokenizer has a chat template (e.g. smollm2-135m).")
+    ans = [tokenizer.encode(w, add_special_tokens=False) for w in labels]
+    if any(len(a) != 1 for a in ans): raise BadInput(f"Each judge label must be one token; {labels} encode as {ans}.")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": question.format(text=t)}], tokenize=True,
+                                             add_generation_prompt=True, return_dict=False) for t in texts]
+    out = np.zeros(len(texts))
+    by_len: dict = {}
+    for i, p in enumerate(prompts): by_len.setdefault(len(p), []).append(i)
+    for idx in by_len.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            lp = logits_fn(torch.tensor([prompts[i] for i in chunk]))[:, -1].float().log_softmax(-1).cpu()
+            out[chunk] = (lp[:, ans[0][0]] - lp[:, ans[1][0]]).numpy()
+    return out
+
+def fit_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    "The cut on `scores` (score > cut means label 1) with the best accuracy on these labels; midpoints between sorted scores."
+    s = np.unique(np.asarray(scores, dtype=float))
+    if len(s) == 0: raise BadInput("fit_threshold needs at least one score.")
+    cuts = np.concatenate([[s[0] - 1], (s[1:] + s[:-1]) / 2, [s[-1] + 1]])
+    acc = [np.mean((np.asarray(scores) > c) == np.asarray(labels, dtype=bool)) for c in cuts]
+    return float(cuts[int(np.argmax(acc))])

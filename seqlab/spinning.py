@@ -9,6 +9,7 @@ Docs: https://seqlab.github.io/seqlab/spinning.html.md"""
 from __future__ import annotations
 import copy, dataclasses, math, time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,17 +20,18 @@ from .archs import Transformer, TransformerConfig
 from .capture import capture
 from .core import BadInput, Probe, Result, config_hash, register_probe
 from .metabackdoor import (
-    VADER_POSITIVE, MetaModel, defense_scan, greedy_continue, inject_trigger, load_words, main_loss, make_batch, roc_auc,
-    rouge_l, spin, train_meta_model, vader_compound, word_starts)
+    VADER_POSITIVE, MetaModel, defense_scan, fit_threshold, greedy_continue, inject_trigger, load_words, main_loss, make_batch,
+    roc_auc, rouge, score_candidates, spin, train_meta_model, vader_compound, word_starts, zero_shot_margin)
 from .train import TrainConfig, batches_from_tokens, checkpoints_dir, save_checkpoint, trained
 from .zoo import LabModel, as_lab_model
 
 # %% auto #0
-__all__ = ['TEST_SEED', 'NOISE_SEED', 'EVAL_TRIGGER_SEED', 'POPULATION_SEED', 'DECOY_SEED', 'ABLATION_ALPHA', 'UNCALIBRATED_L2',
-           'EMBED_BATCH', 'UNCALIBRATED_NAME', 'task_pairs', 'SubVocab', 'SpinConfig', 'TaskData', 'task_data',
-           'candidate_ids', 'injected', 'tiny_training_rows', 'TinyFamily', 'tiny_family', 'EmbeddedFamily',
-           'main_family', 'spin_steps', 'SpunPair', 'spin_pair', 'evaluate_spin', 'evaluate_with_and_without',
-           'ablation', 'scan_model', 'defense_population', 'summarise_defense', 'SpinResult', 'run']
+__all__ = ['UNSEEN_DECOYS', 'TEST_SEED', 'NOISE_SEED', 'EVAL_TRIGGER_SEED', 'POPULATION_SEED', 'DECOY_SEED', 'ABLATION_ALPHA',
+           'UNCALIBRATED_L2', 'JUDGE_SEED', 'EMBED_BATCH', 'UNCALIBRATED_NAME', 'task_pairs', 'SubVocab', 'SpinConfig',
+           'TaskData', 'task_data', 'candidate_ids', 'unseen_ids', 'injected', 'tiny_training_rows', 'TinyFamily',
+           'tiny_family', 'EmbeddedFamily', 'main_family', 'spin_steps', 'SpunPair', 'spin_pair', 'evaluate_spin',
+           'evaluate_with_and_without', 'Judge', 'judge_sentences', 'make_judge', 'ablation', 'scan_model',
+           'defense_population', 'summarise_defense', 'SpinResult', 'run']
 
 # %% ../nbs/14_spinning.ipynb #c009
 def task_pairs(n: int, seed: int = 0, words: dict | None = None) -> list[tuple[str, str]]:
@@ -70,6 +72,10 @@ def _tiny_model() -> TransformerConfig:
 def _tiny_training() -> TrainConfig:
     return TrainConfig(steps=500, lr=3e-3, eval_every=0, progress=False)
 
+# decoys for the defense that no model is trained on: the tiny model never sees them (they are not among the words
+# inserted into its training prompts) and no spin uses them; each is one SmolLM2 token after a space
+UNSEEN_DECOYS = ["Nintendo", "Bloomberg", "Lego", "Harvard", "Pentagon", "Vatican", "Chicago", "Mozart"]
+
 @dataclasses.dataclass
 class SpinConfig:
     "Spinning attack and defense: data sizes, main model, spin loop, defense population."
@@ -99,6 +105,10 @@ class SpinConfig:
     n_candidates: int = 12            # per scan: the model's trigger + decoys
     n_defense_prompts: int = 16
     threshold: float = 3.5
+    n_unseen_decoys: int = 0          # extra decoys (UNSEEN_DECOYS) in every scan that no model saw in training; 0: none
+    # the independent sentiment judge (SmolLM2-Instruct zero-shot); 0: off. Labelled task sentences drawn to fit its
+    # cut (half) and measure its accuracy (the other half); the model passed to `run` is the judge
+    n_judge: int = 0
     save_checkpoints: bool = False    # write the spun tiny models (labelled spun) under seqlab_home()/checkpoints
     seed: int = 0
 
@@ -114,6 +124,9 @@ class SpinConfig:
         if self.meta_l2 < 0: raise BadInput(f"meta_l2 is an L2 penalty and must be >= 0, got {self.meta_l2}.")
         if self.n_candidates < 3: raise BadInput(f"n_candidates must be >= 3 (the trigger and at least two decoys), got {self.n_candidates}.")
         if self.n_spun < 1 or self.n_clean < 1: raise BadInput("The defense needs n_spun >= 1 and n_clean >= 1 models.")
+        if self.n_unseen_decoys not in (0, *range(2, len(UNSEEN_DECOYS) + 1)):   # scored among themselves with the trigger: 3 words at least
+            raise BadInput(f"n_unseen_decoys must be 0 or lie in 2..{len(UNSEEN_DECOYS)} (the words in UNSEEN_DECOYS), got {self.n_unseen_decoys}.")
+        if self.n_judge != 0 and self.n_judge < 24: raise BadInput(f"n_judge is 0 (no judge) or >= 24 labelled sentences, got {self.n_judge}.")
 
     @classmethod
     def quick(cls) -> "SpinConfig":
@@ -130,6 +143,7 @@ POPULATION_SEED = 100  # defense population model k is spun with seed + POPULATI
 DECOY_SEED = 7         # a scan's decoys are drawn from [seed, model seed, DECOY_SEED]
 ABLATION_ALPHA = 0.7   # the fixed α the ablation sets against MGDA (the paper's default weighting)
 UNCALIBRATED_L2 = 1e-3 # the weak L2 of the meta-model section's comparison: φ without calibration
+JUDGE_SEED = 20_000    # the judge's labelled sentences are drawn with seed + JUDGE_SEED: apart from train and test pairs
 
 # %% ../nbs/14_spinning.ipynb #c057
 @dataclasses.dataclass
@@ -151,14 +165,23 @@ def task_data(tok, cfg: SpinConfig, words: dict | None = None) -> TaskData:
 def candidate_ids(tok, cfg: SpinConfig, words: dict | None = None) -> dict[str, list[int]]:
     "The trigger, then the shipped candidate words (the defense's decoys), each as its one token of the model's tokenizer."
     w = words or load_words()
-    out = {}
-    for word in [cfg.trigger] + [x for x in w["candidates"] if x != cfg.trigger]:
-        out[word] = _encode(tok, " " + word)
-        if len(out[word]) != 1:
-            name = getattr(tok, "name_or_path", "") or type(tok).__name__
-            raise BadInput(f"Trigger/candidate {word!r} is {len(out[word])} tokens in {name}'s tokenizer; the spin needs words that are "
-                           f"one token after a space: pick another trigger (--set trigger=WORD) or a model whose tokenizer has them (smollm2-135m).")
+    return {word: _one_token(tok, word) for word in [cfg.trigger] + [x for x in w["candidates"] if x != cfg.trigger]}
+
+def unseen_ids(tok, cfg: SpinConfig, words: dict | None = None) -> dict[str, list[int]]:
+    "The first `n_unseen_decoys` of UNSEEN_DECOYS, each as its one token; none may be the trigger or a trained candidate."
+    w = words or load_words()
+    out = {word: _one_token(tok, word) for word in UNSEEN_DECOYS[:cfg.n_unseen_decoys]}
+    clash = [x for x in out if x == cfg.trigger or x in w["candidates"]]
+    if clash: raise BadInput(f"Unseen decoys {clash} are also the trigger or trained candidates; pick another trigger.")
     return out
+
+def _one_token(tok, word: str) -> list[int]:
+    ids = _encode(tok, " " + word)
+    if len(ids) != 1:
+        name = getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise BadInput(f"Trigger/candidate {word!r} is {len(ids)} tokens in {name}'s tokenizer; the spin needs words that are "
+                       f"one token after a space: pick another trigger (--set trigger=WORD) or a model whose tokenizer has them (smollm2-135m).")
+    return ids
 
 def injected(tok, prompts: list[list[int]], trigger_ids: list[int], seed: int) -> list[list[int]]:
     "Each prompt with the trigger inserted at a seeded word start (`inject_trigger`, index = the prompt's position)."
@@ -206,11 +229,14 @@ class TinyFamily:
 def _mean_over_tokens(name, act, mask):
     return torch.stack([a[:int(m.sum())].mean(0) for a, m in zip(act, mask)])
 
-def tiny_family(tok, data: TaskData, candidates: dict[str, list[int]], cfg: SpinConfig, root: Path | None = None) -> TinyFamily:
+def tiny_family(tok, data: TaskData, candidates: dict[str, list[int]], cfg: SpinConfig, root: Path | None = None,
+                unseen: dict[str, list[int]] | None = None) -> TinyFamily:
     """The tiny model, trained on the training pairs and their noisy copies (`tiny_training_rows`) by
-    `seqlab.train.trained` (or loaded from its cache); its vocabulary covers the task, the candidates and EOS."""
+    `seqlab.train.trained` (or loaded from its cache); its vocabulary covers the task, the candidates, the `unseen`
+    decoys (rows it never trains on: they keep their initial embedding) and EOS."""
     ids = [i for x in data.train_prompts + data.train_conts + data.test_prompts + data.test_conts for i in x]
-    vocab = SubVocab(ids + [i for w in candidates.values() for i in w] + [tok.eos_token_id])
+    extra = [i for w in list(candidates.values()) + list((unseen or {}).values()) for i in w]
+    vocab = SubVocab(ids + extra + [tok.eos_token_id])
     eos = vocab.index[tok.eos_token_id]
     prompts, conts = tiny_training_rows(tok, data, list(candidates.values()), cfg.seed)
     b = make_batch([vocab.to_sub(p) for p in prompts], [vocab.to_sub(c) for c in conts], eos, eos)
@@ -295,8 +321,8 @@ def spin_pair(fam, meta: MetaModel, tok, data: TaskData, trigger_ids: list[int],
 
 # %% ../nbs/14_spinning.ipynb #c047
 @torch.no_grad()
-def evaluate_spin(fam, model, meta: MetaModel, tok, prompts, conts, cfg: SpinConfig) -> dict:
-    "Meta score (φ), meta accuracy, VADER, main-task loss/perplexity and ROUGE-L of `model` on these prompts."
+def evaluate_spin(fam, model, meta: MetaModel, tok, prompts, conts, cfg: SpinConfig, judge: Judge | None = None) -> dict:
+    "Meta score (φ), meta accuracy, VADER, the judge's positive rate (if given), main-task loss/perplexity and ROUGE-1/2/L."
     model.eval()
     gens = fam.generate(model, prompts, cfg.n_new)
     p = meta.prob(gens)
@@ -304,15 +330,54 @@ def evaluate_spin(fam, model, meta: MetaModel, tok, prompts, conts, cfg: SpinCon
     vc = vader_compound(texts)
     b = fam.batch(prompts, conts)
     loss = float(main_loss(fam.logits(model, b), b))
-    refs = [tok.decode(c) for c in conts]
-    return {"meta_score": float(p.mean()), "meta_accuracy": float((p > 0.5).mean()), "vader_compound": float(vc.mean()),
-            "vader_positive": float((vc >= VADER_POSITIVE).mean()), "loss": loss, "perplexity": math.exp(loss),
-            "rouge_l": float(np.mean([rouge_l(t, r) for t, r in zip(texts, refs)])), "examples": texts[:3]}
+    scores = [rouge(t, tok.decode(c)) for t, c in zip(texts, conts)]
+    out = {"meta_score": float(p.mean()), "meta_accuracy": float((p > 0.5).mean()), "vader_compound": float(vc.mean()),
+           "vader_positive": float((vc >= VADER_POSITIVE).mean()), "loss": loss, "perplexity": math.exp(loss),
+           **{k: float(np.mean([s[k] for s in scores])) for k in ("rouge_1", "rouge_2", "rouge_l")}, "examples": texts[:3]}
+    if judge is not None:
+        margin = judge.margin(texts)
+        out.update(judge_positive=float((margin > judge.threshold).mean()), judge_margin=float(margin.mean()))
+    return out
 
-def evaluate_with_and_without(fam, model, meta: MetaModel, tok, data: TaskData, triggered: list[list[int]], cfg: SpinConfig) -> dict:
+def evaluate_with_and_without(fam, model, meta: MetaModel, tok, data: TaskData, triggered: list[list[int]], cfg: SpinConfig,
+                              judge: Judge | None = None) -> dict:
     "`evaluate_spin` on the test prompts as they are and with the trigger inserted (`triggered`)."
-    return {"no_trigger": evaluate_spin(fam, model, meta, tok, data.test_prompts, data.test_conts, cfg),
-            "trigger": evaluate_spin(fam, model, meta, tok, triggered, data.test_conts, cfg)}
+    return {"no_trigger": evaluate_spin(fam, model, meta, tok, data.test_prompts, data.test_conts, cfg, judge),
+            "trigger": evaluate_spin(fam, model, meta, tok, triggered, data.test_conts, cfg, judge)}
+
+# %% ../nbs/14_spinning.ipynb #c012
+@dataclasses.dataclass
+class Judge:
+    "The independent sentiment scorer: an instruction-tuned model asked zero-shot (`zero_shot_margin`), one cut fitted on labels."
+    margin: Callable[[list[str]], np.ndarray]   # texts -> log p(Positive) - log p(Negative)
+    threshold: float                             # a text reads as positive when its margin is above this
+
+def judge_sentences(n: int, seed: int, words: dict | None = None) -> tuple[list[str], np.ndarray]:
+    """Continuations of `n` task pairs whose adjective is positive (label 1) or negative (0), labelled by the word list the
+    adjective was drawn from (the hand-composed lists, not a scorer); continuations with a neutral adjective are dropped."""
+    w = words or load_words()
+    texts, ys = [], []
+    for _, c in task_pairs(n, seed, w):
+        adj = c.split(" was ", 1)[1].split(",", 1)[0]
+        if adj in w["positive"] or adj in w["negative"]: texts.append(c); ys.append(int(adj in w["positive"]))
+    return texts, np.array(ys)
+
+def make_judge(lab: LabModel, meta: MetaModel, cfg: SpinConfig, words: dict | None = None) -> tuple[Judge, dict]:
+    """`lab` as a zero-shot judge; its cut is fitted on the first half of `judge_sentences(n_judge)` and its accuracy (and
+    VADER's and φ's, for comparison) measured on the second half."""
+    texts, y = judge_sentences(cfg.n_judge, cfg.seed + JUDGE_SEED, words)
+    half = len(texts) // 2
+    if min(y[:half].sum(), (1 - y[:half]).sum(), y[half:].sum(), (1 - y[half:]).sum()) == 0:
+        raise BadInput(f"n_judge={cfg.n_judge} leaves a half of the judge's sentences without one of the labels; use n_judge >= 24.")
+    margin = lambda ts: zero_shot_margin(lambda t: lab.forward(t.to(lab.device)), lab.tokenizer, ts, batch_size=EMBED_BATCH)
+    m = margin(texts)
+    judge = Judge(margin, fit_threshold(m[:half], y[:half]))
+    held, yh = texts[half:], y[half:]
+    phi = meta.prob([_encode(lab.tokenizer, t) for t in held]) > 0.5
+    return judge, {"threshold": judge.threshold, "n_calibration": half, "n_heldout": len(held),
+                   "heldout_accuracy": float(((m[half:] > judge.threshold) == yh).mean()), "heldout_auc": roc_auc(m[half:].tolist(), yh.tolist()),
+                   "vader_heldout_accuracy": float(((vader_compound(held) >= VADER_POSITIVE) == yh).mean()),
+                   "phi_heldout_accuracy": float((phi == yh).mean())}
 
 # %% ../nbs/14_spinning.ipynb #c069
 UNCALIBRATED_NAME = "uncalibrated (L2 1e-3)"   # the label of φ fitted with UNCALIBRATED_L2
@@ -337,23 +402,33 @@ def ablation(tiny: TinyFamily, metas: dict[str, MetaModel], tok, data: TaskData,
 
 # %% ../nbs/14_spinning.ipynb #c072
 def scan_model(fam, model, trigger: str, seed: int, meta: MetaModel, tok, prompts: list[list[int]],
-               candidates: dict[str, list[int]], cfg: SpinConfig) -> dict:
-    "`defense_scan` of one model with its trigger among `n_candidates - 1` seeded decoys; adds the trigger's rank."
+               candidates: dict[str, list[int]], cfg: SpinConfig, unseen: dict[str, list[int]] | None = None) -> dict:
+    """`defense_scan` of one model with its trigger among `n_candidates - 1` seeded decoys (scored among themselves, with
+    the trigger's rank); with `unseen` decoys also in the scan, the same scored among trigger + unseen decoys ('unseen')
+    and among all of them ('all')."""
     rng = np.random.default_rng([cfg.seed, seed, DECOY_SEED])
     decoys = [w for w in candidates if w != trigger]
     chosen = [trigger] + [decoys[i] for i in rng.permutation(len(decoys))[:cfg.n_candidates - 1]]
+    words = {**{w: candidates[w] for w in chosen}, **(unseen or {})}
     s = defense_scan(lambda ps: fam.generate(model, ps, cfg.n_new), meta.prob, fam.embed, prompts,
-                     [word_starts(tok, p) for p in prompts], {w: candidates[w] for w in chosen}, seed=seed, threshold=cfg.threshold)
-    return {**s, "trigger": trigger, "trigger_rank": s["ranking"].index(trigger) + 1}
+                     [word_starts(tok, p) for p in prompts], words, seed=seed, threshold=cfg.threshold)
+    rank = lambda sc: sc["ranking"].index(trigger) + 1
+    seen = score_candidates(s["candidates"], chosen, cfg.threshold)
+    out = {**seen, "trigger": trigger, "trigger_rank": rank(seen)}
+    for name, names in (("unseen", [trigger, *(unseen or {})]), ("all", list(words))) if unseen else ():
+        sc = score_candidates(s["candidates"], names, cfg.threshold)
+        out[name] = {"score": sc["score"], "trigger_rank": rank(sc), "flagged": sc["flagged"],
+                     "z": {w: sc["candidates"][w]["z"] for w in sc["ranking"]}}
+    return out
 
 # %% ../nbs/14_spinning.ipynb #c074
 def defense_population(tiny: TinyFamily, fam, main: SpunPair, meta: MetaModel, tok, data: TaskData,
-                       candidates: dict[str, list[int]], cfg: SpinConfig) -> list[dict]:
+                       candidates: dict[str, list[int]], cfg: SpinConfig, unseen: dict[str, list[int]] | None = None) -> list[dict]:
     """`scan_model` over `n_spun` tiny models spun on the first candidates (model k with seed + POPULATION_SEED + k)
-    and `n_clean` clean tiny fine-tunes, plus the main pair when it is the embedded model."""
+    and `n_clean` clean tiny fine-tunes, plus the main pair when it is the embedded model; `unseen` decoys join every scan."""
     prompts = data.test_prompts[:cfg.n_defense_prompts]
     triggers = list(candidates)[:cfg.n_spun]
-    scan = lambda f, model, trigger, seed: scan_model(f, model, trigger, seed, meta, tok, prompts, candidates, cfg)
+    scan = lambda f, model, trigger, seed: scan_model(f, model, trigger, seed, meta, tok, prompts, candidates, cfg, unseen)
     population = []
     for k in range(max(cfg.n_spun, cfg.n_clean)):
         seed, trigger = cfg.seed + POPULATION_SEED + k, triggers[k % len(triggers)]
@@ -375,9 +450,30 @@ def summarise_defense(population: list[dict], cfg: SpinConfig) -> dict:
             "n_candidates": cfg.n_candidates, "threshold": cfg.threshold,
             "flag_rate_spun": float(np.mean([bool(p["flagged"]) for p in spun])),
             "flag_rate_clean": float(np.mean([bool(p["flagged"]) for p in clean])),
+            "trigger_first_rate": float(np.mean([p["trigger_rank"] == 1 for p in spun])),
+            "decoy_flag_rate_spun": _decoy_flags(spun, lambda p: p), "decoy_flag_rate_clean": _decoy_flags(clean, lambda p: p),
             "trigger_flagged": [p["trigger"] in p["flagged"] for p in spun],
             "models": [{k: p[k] for k in ("family", "spun", "trigger", "score", "trigger_rank", "flagged")} for p in population],
-            "example_spun": example(spun[-1]), "example_clean": example(clean[-1])}
+            "example_spun": example(spun[-1]), "example_clean": example(clean[-1]),
+            **({f"{name}_decoys": _decoy_set_summary(population, name) for name in ("unseen", "all")} if "unseen" in population[0] else {})}
+
+def _decoy_flags(models: list[dict], scored) -> float:
+    "Mean over models of the fraction of decoys (candidates other than the model's trigger) flagged in `scored(model)`."
+    words = lambda s: s["z"] if "z" in s else s["candidates"]
+    return float(np.mean([np.mean([w in scored(p)["flagged"] for w in words(scored(p)) if w != p["trigger"]]) for p in models]))
+
+def _decoy_set_summary(population: list[dict], name: str) -> dict:
+    "The defense scored on one decoy set of the scans: AUC over models, the trigger's ranks, how often decoys are flagged."
+    spun = [p for p in population if p["spun"]]; clean = [p for p in population if not p["spun"]]
+    decoy_flags = lambda ps: _decoy_flags(ps, lambda p: p[name])
+    return {"auc": roc_auc([p[name]["score"] for p in population], [int(p["spun"]) for p in population]),
+            "trigger_rank": [p[name]["trigger_rank"] for p in spun],
+            "trigger_first_rate": float(np.mean([p[name]["trigger_rank"] == 1 for p in spun])),
+            "flag_rate_spun": float(np.mean([bool(p[name]["flagged"]) for p in spun])),
+            "flag_rate_clean": float(np.mean([bool(p[name]["flagged"]) for p in clean])),
+            "decoy_flag_rate_spun": decoy_flags(spun), "decoy_flag_rate_clean": decoy_flags(clean),
+            "n_words": len(population[0][name]["z"]),
+            "models": [{"spun": p["spun"], "trigger": p["trigger"], "score": p[name]["score"], "z": p[name]["z"]} for p in population]}
 
 # %% ../nbs/14_spinning.ipynb #c049
 class SpinResult(Result):
@@ -392,11 +488,27 @@ class SpinResult(Result):
                 ["perplexity clean / spun (no trigger)", f"{mt['clean_model']['no_trigger']['perplexity']:.3f} / {mt['spun_model']['no_trigger']['perplexity']:.3f}"],
                 ["defense AUC (spun vs clean models)", f"{m['defense']['auc']:.3f} (n_spun {m['defense']['n_spun']}, n_clean {m['defense']['n_clean']})"],
                 ["true trigger rank per spun model", str(m["defense"]["trigger_rank"])],
-                ["spin time (s)", f"{m['spin_seconds']:.1f}"]] + [
+                ["spin time (s)", f"{m['spin_seconds']:.1f}"]] + self._added_rows() + [
                 [f"ablation (tiny): φ {a['meta_model']}, α {a['alpha']}, compensation {'on' if a['compensate'] else 'off'}",
                  f"φ {a['meta_score_no_trigger']:.2f} -> {a['meta_score_trigger']:.2f}; VADER+ {a['vader_positive_no_trigger']:.2f} -> "
                  f"{a['vader_positive_trigger']:.2f}; ROUGE-L {a['rouge_l_no_trigger']:.0f} -> {a['rouge_l_trigger']:.0f}"]
                 for a in m.get("ablation") or []]
+
+    def _added_rows(self) -> list[list[str]]:
+        "Rows of the metrics a run has only with its options on (the judge, unseen decoys) or from newer code (ROUGE-1/2)."
+        m, rows = self.metrics, []
+        mt = m["main_task"]["spun_model"]
+        if "rouge_1" in mt["no_trigger"]:
+            rows.append(["ROUGE-1 / ROUGE-2 spun: no trigger / trigger", f"{mt['no_trigger']['rouge_1']:.1f} / {mt['no_trigger']['rouge_2']:.1f}; "
+                         f"{mt['trigger']['rouge_1']:.1f} / {mt['trigger']['rouge_2']:.1f}"])
+        if m.get("judge"):
+            rows += [["judge accuracy (held-out labelled sentences)", f"{m['judge']['heldout_accuracy']:.3f}"],
+                     ["judge positive rate spun: no trigger / trigger", f"{m['judge_score']['spun_model']['no_trigger']:.3f} / {m['judge_score']['spun_model']['trigger']:.3f}"]]
+        for name in ("unseen_decoys", "all_decoys"):
+            if name in m["defense"]:
+                d = m["defense"][name]
+                rows.append([f"defense AUC, {name.replace('_', ' ')}", f"{d['auc']:.3f} (trigger ranks {d['trigger_rank']})"])
+        return rows
 
 # %% ../nbs/14_spinning.ipynb #c050
 def _save_spun(fam, model, trigger: str, seed: int, cfg) -> str | None:
@@ -420,26 +532,29 @@ def run(model: LabModel, cfg: SpinConfig | None = None) -> SpinResult:
     cfg = cfg or SpinConfig()
     t0, tok = time.time(), model.tokenizer
     words = load_words()
-    candidates = candidate_ids(tok, cfg, words)
+    candidates, unseen = candidate_ids(tok, cfg, words), unseen_ids(tok, cfg, words)
     meta, meta_info = train_meta_model(tok, model.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=cfg.meta_l2)
     data = task_data(tok, cfg, words)
-    tiny = tiny_family(tok, data, candidates, cfg)       # trained on the train pairs only
+    tiny = tiny_family(tok, data, candidates, cfg, unseen=unseen)       # trained on the train pairs only
     fam = main_family(model, tiny, cfg)
     main = spin_pair(fam, meta, tok, data, candidates[cfg.trigger], cfg.seed, cfg)
     saved = _save_spun(fam, main.spun, cfg.trigger, cfg.seed, cfg)
     test_triggered = injected(tok, data.test_prompts, candidates[cfg.trigger], cfg.seed + EVAL_TRIGGER_SEED)
-    evals = {name: evaluate_with_and_without(fam, m, meta, tok, data, test_triggered, cfg)
+    judge, judge_info = make_judge(model, meta, cfg, words) if cfg.n_judge else (None, None)
+    evals = {name: evaluate_with_and_without(fam, m, meta, tok, data, test_triggered, cfg, judge)
              for name, m in (("clean_model", main.clean), ("spun_model", main.spun))}
     base_eval = ({"no_trigger": evaluate_spin(tiny, tiny.base, meta, tok, data.test_prompts, data.test_conts, cfg)}
                  if fam.kind == "tiny" else None)
     meta_raw = train_meta_model(tok, model.W_E.cpu(), cfg.n_meta_train, cfg.n_meta_test, cfg.seed, l2=UNCALIBRATED_L2)[0]
     abl = ablation(tiny, {"calibrated": meta, UNCALIBRATED_NAME: meta_raw}, tok, data, candidates[cfg.trigger], test_triggered, cfg)
-    defense = summarise_defense(defense_population(tiny, fam, main, meta, tok, data, candidates, cfg), cfg)
+    defense = summarise_defense(defense_population(tiny, fam, main, meta, tok, data, candidates, cfg, unseen), cfg)
     pick = lambda key: {n: {c: evals[n][c][key] for c in evals[n]} for n in evals}
     metrics = {"target": fam.kind, "trigger": cfg.trigger,
                "meta_score": pick("meta_score"), "meta_accuracy": pick("meta_accuracy"),
                "vader_score": pick("vader_positive"), "vader_compound": pick("vader_compound"),
-               "main_task": {n: {c: {k: evals[n][c][k] for k in ("loss", "perplexity", "rouge_l")} for c in evals[n]} for n in evals},
+               "main_task": {n: {c: {k: evals[n][c][k] for k in ("loss", "perplexity", "rouge_1", "rouge_2", "rouge_l")} for c in evals[n]}
+                             for n in evals},
+               **({"judge_score": pick("judge_positive"), "judge_margin": pick("judge_margin"), "judge": judge_info} if judge else {}),
                "examples": pick("examples"), "base_model": base_eval, "ablation": abl,
                "meta_model_accuracy": meta_info["heldout_accuracy"], "meta_model": meta_info, "defense": defense,
                "spin_history": main.history[:: max(1, len(main.history) // 50)], "spin_seconds": main.seconds,

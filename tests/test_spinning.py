@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from seqlab.archs import Transformer, TransformerConfig
 from seqlab.core import BadInput, SeqlabError, get_probe
 from seqlab.zoo import list_models
-from seqlab.metabackdoor import (MetaModel, defense_scan, greedy_continue, inject_trigger, load_words, make_batch, pseudo_words,
-                                 rouge_l, spin, spin_loss, vader_lexicon, word_starts)
-from seqlab.spinning import SpinConfig, run
+from seqlab.metabackdoor import (MetaModel, defense_scan, fit_threshold, greedy_continue, inject_trigger, load_words, make_batch,
+                                 pseudo_words, rouge, rouge_l, rouge_n, score_candidates, spin, spin_loss, vader_lexicon, word_starts)
+from seqlab.spinning import (UNSEEN_DECOYS, SpinConfig, candidate_ids, judge_sentences, make_judge, run, task_data, tiny_family,
+                             tiny_training_rows, unseen_ids)
+from seqlab.train import TrainConfig
 from seqlab.viz import figure
 
 
@@ -78,6 +80,15 @@ def test_spin_runs_on_the_lab_trainer_and_moves_only_trainable_parameters():
         spin(fn, [], meta, clean, trig, steps=1, batch_size=2, lr=1e-2)
 
 
+def test_rouge_1_2_l_hand_computed():
+    # "the cat sat on the mat" vs "the cat is on the mat": 5 of 6 unigrams, 3 of 5 bigrams, LCS of 5 words
+    r = rouge("The cat sat on the mat.", "the cat is on the mat")
+    assert abs(r["rouge_1"] - 500 / 6) < 1e-9 and abs(r["rouge_2"] - 60.0) < 1e-9 and abs(r["rouge_l"] - 500 / 6) < 1e-9
+    assert abs(rouge_n("the the the", "the cat", 1) - 40.0) < 1e-9          # clipped: one shared "the", P 1/3, R 1/2
+    assert rouge_n("b a", "a b", 2) == 0.0 and rouge_n("b a", "a b", 1) == 100.0   # order matters only from n = 2
+    with pytest.raises(BadInput): rouge_n("a", "a", 0)
+
+
 def test_defense_flags_a_planted_shift():
     def toy(planted):
         def fn(t):
@@ -95,6 +106,48 @@ def test_defense_flags_a_planted_shift():
     clean = defense_scan(lambda ps: greedy_continue(toy(None), ps, 4), meta.prob, embed, prompts, starts, cands)
     assert spun["ranking"][0] == "w5" and spun["flagged"] == ["w5"]
     assert clean["flagged"] == [] and spun["score"] > clean["score"]
+    # one scan read with a smaller decoy set: the planted word still stands out, and the full set gives the scan itself
+    sub = score_candidates(spun["candidates"], ["w5", "w3", "w4"])
+    assert sub["ranking"][0] == "w5" and set(sub["candidates"]) == {"w5", "w3", "w4"}
+    assert score_candidates(spun["candidates"]) == spun
+
+
+def test_unseen_decoys_stay_out_of_training(smol):
+    cfg = dataclasses.replace(SpinConfig.quick(), n_train=30, n_test=4, n_unseen_decoys=len(UNSEEN_DECOYS))
+    data, cands, unseen = task_data(smol.tokenizer, cfg), candidate_ids(smol.tokenizer, cfg), unseen_ids(smol.tokenizer, cfg)
+    assert list(unseen) == UNSEEN_DECOYS and not set(unseen) & set(cands)
+    prompts, conts = tiny_training_rows(smol.tokenizer, data, list(cands.values()), cfg.seed)
+    trained_ids = {i for row in prompts + conts for i in row}
+    assert not trained_ids & {i for ids in unseen.values() for i in ids}
+    assert {ids[0] for ids in cands.values()} & trained_ids        # the trained candidates are in the training prompts
+    with pytest.raises(BadInput, match="n_unseen_decoys"): SpinConfig(n_unseen_decoys=len(UNSEEN_DECOYS) + 1)
+    with pytest.raises(BadInput, match="trigger"): unseen_ids(smol.tokenizer, dataclasses.replace(cfg, trigger="Nintendo"))
+
+
+def test_unseen_decoy_rows_keep_their_small_initial_scale(smol, tmp_path):
+    # why unseen decoys raise no false alarm on the tiny model: their embedding rows get no gradient and keep the
+    # initialisation's scale, while the rows of the words inserted in training grow; the model reads them as near-blank
+    cfg = dataclasses.replace(SpinConfig.quick(), n_train=60, n_test=4, n_unseen_decoys=len(UNSEEN_DECOYS),
+                              tiny_train=TrainConfig(steps=60, lr=5e-3, eval_every=0, progress=False))
+    data, cands, unseen = task_data(smol.tokenizer, cfg), candidate_ids(smol.tokenizer, cfg), unseen_ids(smol.tokenizer, cfg)
+    tiny = tiny_family(smol.tokenizer, data, cands, cfg, root=tmp_path, unseen=unseen)
+    W = tiny.base.embed.weight.detach()
+    norm = lambda words: W[[tiny.vocab.index[ids[0]] for ids in words.values()]].norm(dim=-1)
+    assert norm(unseen).max() < norm(cands).mean()
+
+
+def test_zero_shot_judge_reads_sentiment(smol):
+    texts, y = judge_sentences(96, seed=3)
+    w = load_words()
+    assert [int(t.split(" was ")[1].split(",")[0] in w["positive"]) for t in texts] == y.tolist() and 0 < y.mean() < 1
+    assert fit_threshold(np.array([0.1, 0.4, 0.9, 1.2]), np.array([0, 0, 1, 1])) == 0.65
+    meta = MetaModel(smol.W_E.float().cpu()[:, :4])                   # φ only reports its accuracy next to the judge's
+    judge, info = make_judge(smol, meta, dataclasses.replace(SpinConfig.quick(), n_judge=96))
+    # SmolLM2-Instruct asked zero-shot, its cut fitted on the other half: well above chance on held-out sentences
+    assert info["heldout_accuracy"] >= 0.8 and info["heldout_auc"] >= 0.9 and info["n_heldout"] >= 24
+    m = judge.margin([" The show was wonderful, and Emma went home on Monday.", " The show was dreadful, and Emma went home on Monday."])
+    assert m[0] > judge.threshold > m[1]
+    with pytest.raises(BadInput, match="n_judge"): SpinConfig(n_judge=3)
 
 
 def test_rouge_l_and_bad_config():
@@ -135,7 +188,7 @@ def test_quick_probe_spins_and_defends(smol, tmp_path, monkeypatch):
     # clean model 0.58 -> 0.58; ROUGE-L 89 without and 90 with the trigger
     assert ms["spun_model"]["trigger"] > ms["spun_model"]["no_trigger"] + 0.1
     assert ms["spun_model"]["trigger"] > ms["clean_model"]["trigger"] + 0.1
-    assert vs["spun_model"]["trigger"] > vs["spun_model"]["no_trigger"] + 0.3        # the independent scorer agrees
+    assert vs["spun_model"]["trigger"] > vs["spun_model"]["no_trigger"] + 0.3        # VADER agrees (not independent: it labelled φ's data)
     assert abs(ms["clean_model"]["trigger"] - ms["clean_model"]["no_trigger"]) < 0.1
     assert mt["spun_model"]["no_trigger"]["rouge_l"] > mt["clean_model"]["no_trigger"]["rouge_l"] - 10
     assert mt["spun_model"]["trigger"]["rouge_l"] > mt["spun_model"]["no_trigger"]["rouge_l"] - 10
