@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['NEEDS', 'SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget', 'CheckpointError',
-           'suggest', 'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'limit_threads', 'atomic_path',
-           'atomic_dir', 'writable_folder', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result', 'provenance',
-           'parse_value', 'config_keys', 'apply_overrides', 'config_from_dict', 'Probe', 'register_probe', 'all_probes',
-           'get_probe', 'model_kind', 'check_needs', 'run_probe']
+__all__ = ['CODE_PATHS', 'NEEDS', 'SeqlabError', 'ModelNotFound', 'CacheError', 'HookNotFound', 'BadInput', 'OverBudget',
+           'CheckpointError', 'suggest', 'get_device', 'seed_everything', 'seqlab_home', 'data_dir', 'limit_threads',
+           'atomic_path', 'atomic_dir', 'writable_folder', 'seqlab_version', 'to_jsonable', 'config_hash', 'Result',
+           'provenance', 'parse_value', 'config_keys', 'apply_overrides', 'config_from_dict', 'Probe', 'register_probe',
+           'all_probes', 'get_probe', 'model_kind', 'check_needs', 'run_probe']
 
 # %% ../nbs/00_core.ipynb #c007
 class SeqlabError(Exception):
@@ -196,6 +196,10 @@ def _command(default: str) -> str:
     import sys
     return " ".join(["seqlab", *sys.argv[1:]]) if sys.argv and Path(sys.argv[0]).name == "seqlab" else default
 
+# what "uncommitted changes" looks at: every tracked file but the stored results, which are outputs, not code (a run that
+# records several references must not call the later ones dirty because it wrote the earlier ones)
+CODE_PATHS = ("--", ":(top)", ":(top,exclude)results")
+
 def provenance(wall_s: float | None = None, command: str | None = None) -> dict:
     "How and where a result was made: command, commit (and uncommitted changes), library versions, machine, wall time."
     import datetime, importlib.metadata as md, platform
@@ -206,7 +210,7 @@ def provenance(wall_s: float | None = None, command: str | None = None) -> dict:
         except md.PackageNotFoundError: pass
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"command": command or _command("python"), "commit": commit,
-            "uncommitted_changes": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "uncommitted_changes": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no", *CODE_PATHS)),
             "versions": versions, "machine": {"platform": platform.platform(), "cpu": platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": cuda},
             "wall_s": wall_s, "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -244,6 +244,7 @@ def induction_figure(res) -> go.Figure:
         fig.add_trace(_head_grid_trace(z, name), 1, col); _label_head_axes(fig, 1, col)
     if causal: causal_traces(fig, causal, 2, 1)
     fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(len=0.6, y=1, yanchor="top")),
+                      legend=dict(x=1.02, xanchor="left", y=0.36, yanchor="top"),   # under the colour bar, beside the causal row
                       height=840 if causal else 520,
                       title=f"Induction on {res.model}: loss {m['loss_first_copy']:.2f} nats on the first copy, "
                             f"{m['loss_second_copy']:.2f} on the second")
