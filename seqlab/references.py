@@ -18,7 +18,8 @@ import seqlab.viz   # noqa: F401  (imports every probe module, which fills the p
 # %% auto #0
 __all__ = ['TOLERANCES', 'RESULT_CELL_MARK', 'FINDING_KEYS', 'PROBE_NOTEBOOKS', 'CITES', 'NUMBER', 'FREE', 'ARXIV', 'differences',
            'tolerance', 'record', 'rerun', 'check', 'results_dir', 'stored', 'stored_runs', 'stored_sweep',
-           'fmt_interval', 'findings', 'nbs_dir', 'result_cells', 'render_pages', 'stale_pages', 'prose_numbers']
+           'fmt_interval', 'findings', 'nbs_dir', 'result_cells', 'exec_doc_missing', 'render_pages', 'stale_pages',
+           'prose_numbers']
 
 # %% ../nbs/45_references.ipynb #c006
 def _timing(key: str) -> bool:
@@ -103,7 +104,7 @@ def check(path, rtol: float | None = None, atol: float | None = None, device=Non
             "differences": differences(d["metrics"], new.metrics, **tol)}
 
 # %% ../nbs/45_references.ipynb #c018
-RESULT_CELL_MARK = "# stored results"   # the first line of a results cell
+RESULT_CELL_MARK = "# stored results"   # the first line of a results cell (after its `#| exec_doc` directive)
 
 def _as_result(d: dict) -> Result:
     "A result record as its probe's Result class (its `summary()` and figure), or a plain Result for an unknown probe."
@@ -187,9 +188,19 @@ ARXIV = re.compile(r"^\d{4}\.\d{4,5}$")    # an arXiv id is not a measurement
 
 def nbs_dir() -> Path: return results_dir().parent / "nbs"
 
+def _first_line(source: str) -> str:
+    "A cell's first line after its `#|` directives."
+    return next((l.strip() for l in source.splitlines() if not l.lstrip().startswith("#|")), "")
+
 def result_cells(nb) -> list[int]:
-    "Indices of a notebook's results cells (code cells whose first line is RESULT_CELL_MARK)."
-    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.split("\n", 1)[0].strip() == RESULT_CELL_MARK]
+    "Indices of a notebook's results cells (code cells whose first line after their directives is RESULT_CELL_MARK)."
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _first_line(c.source) == RESULT_CELL_MARK]
+
+def exec_doc_missing(nb) -> list[str]:
+    """Results cells without `#| exec_doc`. nbdev's docs build executes only cells that import or export or carry that
+    directive, so a results cell without it may keep its committed output or run without the cells it depends on."""
+    return [c.get("id", str(i)) for i, c in ((i, nb.cells[i]) for i in result_cells(nb))
+            if not c.source.lstrip().startswith("#| exec_doc")]
 
 def _kept(outputs) -> list:
     "The outputs worth committing: displays and results (no stderr, no progress bars), without counts or metadata."

@@ -27,10 +27,10 @@ from .zoo import LabModel, as_lab_model
 
 # %% auto #0
 __all__ = ['UNSEEN_DECOYS', 'TEST_SEED', 'NOISE_SEED', 'EVAL_TRIGGER_SEED', 'POPULATION_SEED', 'DECOY_SEED', 'ABLATION_ALPHA',
-           'UNCALIBRATED_L2', 'JUDGE_SEED', 'EMBED_BATCH', 'UNCALIBRATED_NAME', 'task_pairs', 'SubVocab', 'SpinConfig',
-           'TaskData', 'task_data', 'candidate_ids', 'unseen_ids', 'injected', 'tiny_training_rows', 'TinyFamily',
-           'tiny_family', 'EmbeddedFamily', 'main_family', 'spin_steps', 'SpunPair', 'spin_pair', 'evaluate_spin',
-           'evaluate_with_and_without', 'Judge', 'judge_sentences', 'make_judge', 'ablation', 'scan_model',
+           'UNCALIBRATED_L2', 'JUDGE_SEED', 'EMBED_BATCH', 'UNCALIBRATED_NAME', 'task_pairs', 'SubVocab', 'Judge',
+           'SpinConfig', 'TaskData', 'task_data', 'candidate_ids', 'unseen_ids', 'injected', 'tiny_training_rows',
+           'TinyFamily', 'tiny_family', 'EmbeddedFamily', 'main_family', 'spin_steps', 'SpunPair', 'spin_pair',
+           'evaluate_spin', 'evaluate_with_and_without', 'judge_sentences', 'make_judge', 'ablation', 'scan_model',
            'defense_population', 'summarise_defense', 'SpinResult', 'run']
 
 # %% ../nbs/14_spinning.ipynb #c009
@@ -62,6 +62,14 @@ class SubVocab:
         if missing: raise BadInput(f"Token ids {missing[:5]} are not in this sub-vocabulary; rebuild it with every text it must cover.")
         return [self.index[i] for i in ids]
     def to_full(self, ids: list[int]) -> list[int]: return [self.ids[i] for i in ids]
+
+# %% ../nbs/14_spinning.ipynb #c043j
+# defined before the evaluation that takes it (its `judge` argument); built by `make_judge` further down
+@dataclasses.dataclass
+class Judge:
+    "The independent sentiment scorer: an instruction-tuned model asked zero-shot (`zero_shot_margin`), one cut fitted on labels."
+    margin: Callable[[list[str]], np.ndarray]   # texts -> log p(Positive) - log p(Negative)
+    threshold: float                             # a text reads as positive when its margin is above this
 
 # %% ../nbs/14_spinning.ipynb #c043
 def _tiny_model() -> TransformerConfig:
@@ -346,12 +354,6 @@ def evaluate_with_and_without(fam, model, meta: MetaModel, tok, data: TaskData, 
             "trigger": evaluate_spin(fam, model, meta, tok, triggered, data.test_conts, cfg, judge)}
 
 # %% ../nbs/14_spinning.ipynb #c012
-@dataclasses.dataclass
-class Judge:
-    "The independent sentiment scorer: an instruction-tuned model asked zero-shot (`zero_shot_margin`), one cut fitted on labels."
-    margin: Callable[[list[str]], np.ndarray]   # texts -> log p(Positive) - log p(Negative)
-    threshold: float                             # a text reads as positive when its margin is above this
-
 def judge_sentences(n: int, seed: int, words: dict | None = None) -> tuple[list[str], np.ndarray]:
     """Continuations of `n` task pairs whose adjective is positive (label 1) or negative (0), labelled by the word list the
     adjective was drawn from (the hand-composed lists, not a scorer); continuations with a neutral adjective are dropped."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from seqlab.references import PROBE_NOTEBOOKS, RESULT_CELL_MARK, prose_numbers, result_cells, stale_pages
+from seqlab.references import PROBE_NOTEBOOKS, RESULT_CELL_MARK, exec_doc_missing, prose_numbers, result_cells, stale_pages
 
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 
@@ -27,6 +27,8 @@ def test_probe_notebook_draws_its_stored_results(name):
     assert "application/vnd.plotly.v1+json" in mimes, f"{name}: no committed figure; run `seqlab reference pages nbs/{name}.ipynb`"
     tables = [o["data"]["text/markdown"] for i in idx for o in nb.cells[i].outputs if "text/markdown" in o.get("data", {})]
     assert any("| Claim | Paper | Here | Verdict |" in t for t in tables), f"{name}: no findings() table comparing with the paper"
+    missing = exec_doc_missing(nb)
+    assert not missing, f"{name}: results cells {missing} lack `#| exec_doc` (the docs build would not run them in order)"
 
 
 @pytest.mark.parametrize("name", PROBE_NOTEBOOKS)
@@ -53,7 +55,7 @@ def test_committed_results_are_current():
 
 def test_a_changed_result_makes_its_page_stale(tmp_path):
     "The staleness check can fail: a results cell whose committed output no longer matches is caught."
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(RESULT_CELL_MARK + "\nprint(6 * 7)")])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| exec_doc\n" + RESULT_CELL_MARK + "\nprint(6 * 7)")])
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="41\n")]
     p = tmp_path / "toy.ipynb"; nbformat.write(nb, str(p))
     assert stale_pages([p]) == ["toy:" + nb.cells[0].id]
