@@ -16,6 +16,19 @@ def test_package_is_what_the_notebooks_export(tmp_path):
     assert not stale, f"seqlab/ differs from what the notebooks export: {stale}; run nbdev-export and commit both"
 
 
+def test_the_docs_build_processes_every_notebook(tmp_path):
+    """The site's build (`nbdev-docs`, with Quarto) first runs `nbdev-proc-nbs`, which executes every cell that imports,
+    exports or carries `#| exec_doc` (show_doc needs them) and skips the rest. A cell it runs that needs a cell it skips,
+    or a slow cell that imports, breaks or stalls the site; this runs that step on a copy of every notebook."""
+    for name in ("nbs", "seqlab", "results"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "logs"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    r = subprocess.run([str(Path(sys.executable).parent / "nbdev-proc-nbs"), "--n-workers", "1"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert len(list((tmp_path / "_proc").glob("*.ipynb"))) == len(list((ROOT / "nbs").glob("*.ipynb")))
+
+
 def test_notebooks_are_clean_and_small():
     total = 0
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
