@@ -225,7 +225,10 @@ def _executed(path: Path, timeout: int = 600):
     return nb, idx, [_kept(c.outputs) for c in sub.cells]
 
 def _paths(paths) -> list[Path]:
-    return [Path(p) for p in paths] if paths else [nbs_dir() / f"{n}.ipynb" for n in PROBE_NOTEBOOKS]
+    out = [Path(p) for p in paths] if paths else [nbs_dir() / f"{n}.ipynb" for n in PROBE_NOTEBOOKS]
+    missing = [str(p) for p in out if not p.is_file() or p.suffix != ".ipynb"]
+    if missing: raise BadInput(f"Not a notebook: {missing}; name notebooks like nbs/11_heads.ipynb, or none for every probe notebook.")
+    return out
 
 def render_pages(paths=None, timeout: int = 600) -> dict[str, int]:
     "Execute the results cells of `paths` (default: every probe notebook) and write their outputs in; name -> cells drawn."
